@@ -1,0 +1,1 @@
+"""k3bundle connected side: resolve, fetch, write and sign bundles."""

@@ -1,0 +1,120 @@
+"""The `k3bundle` command line: the one place that prints, exits and draws progress bars."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import click
+from k3bundle.installer import cli as installer_cli
+from k3bundle.installer.errors import EXIT_CODES, K3BundleError
+
+from . import keys
+from .progress import TqdmProgress
+from .zipapp import write_zipapp
+
+EXIT_HELP = "\b\nExit codes:\n" + "\n".join(
+    f"  {code}  {text}" for code, text in EXIT_CODES.items()
+)
+PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+
+
+@click.group(epilog=EXIT_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(package_name="k3bundle")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """Carry a complete k3s installation across an air gap.
+
+    \b
+    Connected side:   k3bundle keygen; k3bundle build ...
+    Isolated host:    k3bundle install BUNDLE --pubkey KEY.pub
+                      (or python3 k3bundle-install.pyz install ..., standard library only)
+    """
+    ctx.obj = {"verbose": verbose}
+
+
+def _prompt(text: str, confirm: bool) -> str:
+    value: str = click.prompt(
+        text, hide_input=True, confirmation_prompt=confirm, default="", show_default=False
+    )
+    return value
+
+
+@cli.command()
+@click.option(
+    "-o",
+    "--output",
+    "name",
+    default="k3bundle",
+    show_default=True,
+    help="Write NAME.key and NAME.pub.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing key pair.")
+def keygen(name: str, force: bool) -> None:
+    """Create an Ed25519 signing key pair.
+
+    The private key is PKCS#8 PEM (mode 0600), encrypted when a passphrase is given at the
+    prompt (only on a terminal) or in K3BUNDLE_KEY_PASSPHRASE. Keep NAME.key on the build
+    machine; copy NAME.pub to the hosts (e.g. /etc/k3bundle/trusted.d/).
+    """
+    pair = keys.generate(name, keys.passphrase_from(_prompt, confirm=True), force=force)
+    click.echo(f"Wrote {pair.private} (keep it secret) and {pair.public}.", err=True)
+    click.echo(f"Key id: {pair.key_id}")
+
+
+@cli.command("installer-zipapp")
+@click.option(
+    "-o",
+    "--output",
+    default="k3bundle-install.pyz",
+    show_default=True,
+    type=click.Path(path_type=Path),
+)
+def installer_zipapp(output: Path) -> None:
+    """Write the standalone installer (needs only python3 >= 3.8 on the host)."""
+    write_zipapp(output)
+    click.echo(
+        f"Wrote {output}: run it with 'python3 {output.name} install|verify|inspect ...'.", err=True
+    )
+
+
+def _passthrough(command: str, summary: str) -> None:
+    @cli.command(
+        command,
+        context_settings=PASSTHROUGH,
+        add_help_option=False,
+        help=summary,
+        short_help=summary,
+    )
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def run(args: Sequence[str]) -> None:
+        code = installer_cli.main([command, *args], prog="k3bundle", progress_factory=TqdmProgress)
+        sys.exit(code)
+
+
+_passthrough("install", "Verify a bundle and install k3s from it (see: k3bundle install --help).")
+_passthrough("verify", "Verify a bundle's signature and every byte (see: k3bundle verify --help).")
+_passthrough("inspect", "Show what a bundle holds (see: k3bundle inspect --help).")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Any:
+    """Console entry point: run the group, turning K3BundleError into one 'Error:' line."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return cli.main(args=args, prog_name="k3bundle", standalone_mode=False)
+    except K3BundleError as exc:
+        if "-v" in args or "--verbose" in args:
+            traceback.print_exc()
+        click.echo(f"Error: {exc.diagnostics()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

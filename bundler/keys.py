@@ -1,0 +1,109 @@
+"""Ed25519 signing keys: generate, load (optionally passphrase-protected) and sign."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from k3bundle.installer.errors import TrustError, UsageError
+from k3bundle.installer.signature import Signature, key_id_of
+
+PASSPHRASE_ENV = "K3BUNDLE_KEY_PASSPHRASE"
+Prompt = Callable[[str, bool], str]
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """Where keygen wrote a key pair, and its key id."""
+
+    private: Path
+    public: Path
+    key_id: str
+
+
+def _public_der(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def passphrase_from(prompt: Optional[Prompt], confirm: bool) -> Optional[str]:
+    """The passphrase from the environment, else from a terminal prompt, else None."""
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value:
+        return value
+    if prompt is not None and sys.stdin.isatty():
+        return prompt("Passphrase (empty for none)", confirm) or None
+    return None
+
+
+def generate(name: str, passphrase: Optional[str], force: bool = False) -> KeyPair:
+    """Write NAME.key (PKCS#8 PEM, 0600, encrypted when a passphrase is given) and NAME.pub."""
+    private, public = Path(f"{name}.key"), Path(f"{name}.pub")
+    existing = [p for p in (private, public) if p.exists()]
+    if existing and not force:
+        raise UsageError(
+            f"{existing[0]} already exists; refusing to overwrite a key",
+            "Choose another name with -o, or pass --force to replace it.",
+        )
+    key = Ed25519PrivateKey.generate()
+    encryption: serialization.KeySerializationEncryption = serialization.NoEncryption()
+    if passphrase:
+        encryption = serialization.BestAvailableEncryption(passphrase.encode())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
+    _write_private(private, pem)
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return KeyPair(private, public, key_id_of(_public_der(key)))
+
+
+def _write_private(path: Path, pem: bytes) -> None:
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    os.chmod(path, 0o600)
+
+
+def load_signer(path: Path, prompt: Optional[Prompt] = None) -> Callable[[bytes], Signature]:
+    """A function that signs manifest bytes with the private key at `path`."""
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read signing key {path}: {exc.strerror}") from None
+    key = _load_private(path, pem, prompt)
+    key_id = key_id_of(_public_der(key))
+    return lambda data: Signature(key_id, key.sign(data))
+
+
+def _load_private(path: Path, pem: bytes, prompt: Optional[Prompt]) -> Ed25519PrivateKey:
+    password = None
+    if b"ENCRYPTED" in pem:
+        secret = passphrase_from(prompt, confirm=False)
+        if secret is None:
+            raise TrustError(
+                f"signing key {path} is encrypted and no passphrase was given",
+                f"Set {PASSPHRASE_ENV}, or run on a terminal to be asked for it.",
+            )
+        password = secret.encode()
+    try:
+        key = serialization.load_pem_private_key(pem, password=password)
+    except (ValueError, TypeError):
+        raise TrustError(
+            f"cannot load signing key {path}: wrong passphrase or not a PEM private key"
+        ) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise TrustError(
+            f"signing key {path} is not an Ed25519 key", "Create one with 'k3bundle keygen'."
+        )
+    return key

@@ -1,0 +1,7 @@
+"""`python3 -m k3bundle.installer` runs the installer's command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main(prog="python3 -m k3bundle.installer"))

@@ -1,0 +1,154 @@
+"""A host rooted at --root: compare, stage, commit or roll back files and links.
+
+Every file is first written and verified under a temporary name in its target folder; `commit`
+renames them all into place. Until then `abort` removes every staged file and every folder this
+destination created, so a failure leaves the host as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable, List, Mapping, Optional, Set, Tuple
+
+from .errors import InstallError
+from .plan import LINKED_COMMANDS, Link, Placement
+from .sources import CHUNK
+
+SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A file written under a temporary name, waiting for its rename."""
+
+    tmp: Path
+    final: Path
+
+
+class HostDestination:
+    """Files and links under one root folder."""
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+        self._staged: List[Staged] = []
+        self._created_dirs: List[Path] = []
+
+    def path(self, target: str) -> Path:
+        """The host path of an absolute target path, under the root."""
+        return self.root / target.lstrip("/")
+
+    def existing_commands(self) -> Set[str]:
+        """Which of kubectl/crictl/ctr already exist on the system PATH (other than our links)."""
+        found = set()
+        for command in LINKED_COMMANDS:
+            for folder in SYSTEM_PATH:
+                candidate = self.path(f"{folder}/{command}")
+                ours = candidate.is_symlink() and os.readlink(candidate) == "k3s"
+                if not ours and (candidate.exists() or candidate.is_symlink()):
+                    found.add(command)
+        return found
+
+    def read_json(self, target: str) -> Optional[Mapping[str, Any]]:
+        """A JSON file under the root, or None when it is missing or unreadable."""
+        try:
+            doc = json.loads(self.path(target).read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def is_current(self, placement: Placement) -> bool:
+        """True when the file on disk already has the placement's content and mode."""
+        path = self.path(placement.target)
+        try:
+            info = path.lstat()
+        except OSError:
+            return False
+        if not path.is_file() or path.is_symlink() or info.st_size != placement.size:
+            return False
+        return (info.st_mode & 0o7777) == placement.mode and _sha256_of(path) == placement.sha256
+
+    def link_is_current(self, link: Link) -> bool:
+        """True when the symlink already exists with the right target."""
+        path = self.path(link.path)
+        return path.is_symlink() and os.readlink(path) == link.target
+
+    def stage(self, placement: Placement, stream: IO[bytes], progress: Progress) -> Path:
+        """Copy a stream to a temporary name beside the target.
+
+        Payload streams verify their own sha256 as they are read (sources.VerifyingStream), so
+        the bytes are hashed once, while they are written, and checked before any rename.
+        """
+        final = self.path(placement.target)
+        self._make_dirs(final.parent)
+        tmp = final.with_name(f".{final.name}.k3bundle-tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, placement.mode)
+        except OSError as exc:
+            raise InstallError(f"cannot write {final}: {exc.strerror}", "Run as root.") from None
+        self._staged.append(Staged(tmp, final))
+        with os.fdopen(fd, "wb") as out:
+            for chunk in iter(lambda: stream.read(CHUNK), b""):
+                out.write(chunk)
+                progress(len(chunk))
+            os.fchmod(out.fileno(), placement.mode)
+        return final
+
+    def commit(self, links: Tuple[Link, ...]) -> None:
+        """Rename every staged file into place, then create the links."""
+        for staged in self._staged:
+            os.replace(staged.tmp, staged.final)
+        self._staged.clear()
+        for link in links:
+            self._link(link)
+        self._created_dirs.clear()
+
+    def _link(self, link: Link) -> None:
+        path = self.path(link.path)
+        self._make_dirs(path.parent)
+        tmp = path.with_name(f".{path.name}.k3bundle-tmp")
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(link.target, tmp)
+        os.replace(tmp, path)
+
+    def abort(self) -> None:
+        """Remove staged files and the folders this destination created."""
+        for staged in self._staged:
+            try:
+                staged.tmp.unlink()
+            except FileNotFoundError:
+                pass
+        self._staged.clear()
+        for folder in reversed(self._created_dirs):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        self._created_dirs.clear()
+
+    def _make_dirs(self, folder: Path) -> None:
+        missing: List[Path] = []
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for path in reversed(missing):
+            try:
+                path.mkdir(mode=0o755)
+            except OSError as exc:
+                raise InstallError(
+                    f"cannot create {path}: {exc.strerror}", "Run as root."
+                ) from None
+            self._created_dirs.append(path)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,102 @@
+"""Authenticate a bundle's manifest, verify its payload, and describe it (inspect)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+from .errors import TrustError
+from .manifest import Manifest, parse
+from .progress import Progress
+from .signature import PublicKey, backend_name, load_trusted_keys, parse_signature, verify
+from .sources import BundleSource, Header
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    """A manifest whose signature checked out (or that the user allowed unsigned)."""
+
+    manifest: Manifest
+    bundle_id: str
+    key: Optional[PublicKey]
+
+
+def authenticate(
+    header: Header, keys: Sequence[PublicKey], allow_unsigned: bool, bundle: str
+) -> Authenticated:
+    """Check the signature before the manifest is trusted; refuse every doubtful case."""
+    bundle_id = hashlib.sha256(header.manifest).hexdigest()
+    if header.signature is None:
+        if not allow_unsigned:
+            raise TrustError(
+                f"{bundle} is not signed",
+                "Build it with 'k3bundle build --sign-key KEY', or pass --allow-unsigned if you "
+                "trust where it came from.",
+            )
+        return Authenticated(parse(header.manifest), bundle_id, None)
+    if not keys:
+        raise TrustError(
+            f"no trusted public key is configured to check {bundle}",
+            "Pass --pubkey KEY.pub, or copy the key to /etc/k3bundle/trusted.d/ (under --root).",
+        )
+    key = verify(header.manifest, parse_signature(header.signature), keys)
+    return Authenticated(parse(header.manifest), bundle_id, key)
+
+
+def open_authenticated(
+    bundle: str, pubkeys: Sequence[str], root: str, allow_unsigned: bool
+) -> tuple[BundleSource, Authenticated]:
+    """Open a bundle and authenticate its manifest before any payload byte is read."""
+    keys = load_trusted_keys(pubkeys, root)
+    source = BundleSource(bundle)
+    try:
+        auth = authenticate(source.read_header(), keys, allow_unsigned, source.name)
+    except BaseException:
+        source.close()
+        raise
+    return source, auth
+
+
+def verify_bundle(
+    bundle: str, pubkeys: Sequence[str], root: str, allow_unsigned: bool, progress: Progress
+) -> Dict[str, Any]:
+    """Verify signature, every member and every part in one pass; return a summary."""
+    source, auth = open_authenticated(bundle, pubkeys, root, allow_unsigned)
+    with source:
+        progress.start(f"Verifying {source.name}", sum(e.size for e in auth.manifest.entries))
+        for _entry, stream in source.payload(auth.manifest):
+            for chunk in iter(lambda s=stream: s.read(1 << 20), b""):  # type: ignore[misc]
+                progress.advance(len(chunk))
+        progress.finish()
+    summary = describe(auth.manifest, auth.bundle_id, source.name)
+    summary.update(verified=True, signed_by=auth.key.key_id if auth.key else None)
+    summary["verifier"] = backend_name() if auth.key else None
+    return summary
+
+
+def inspect_bundle(bundle: str) -> Dict[str, Any]:
+    """Describe a bundle from its manifest alone (no payload hashing, no trust needed)."""
+    with BundleSource(bundle) as source:
+        header = source.read_header()
+        summary = describe(
+            parse(header.manifest), hashlib.sha256(header.manifest).hexdigest(), source.name
+        )
+        signature = parse_signature(header.signature) if header.signature else None
+        summary["signed_by"] = signature.key_id if signature else None
+        summary["parts"] = [{"name": p.path.name, "size": p.size} for p in source.parts or []]
+    return summary
+
+
+def describe(manifest: Manifest, bundle_id: str, name: str) -> Dict[str, Any]:
+    """The manifest as a JSON-ready summary."""
+    files: List[Dict[str, Any]] = [e.to_json() for e in manifest.entries]
+    return {
+        "bundle": name,
+        "bundle_id": bundle_id,
+        "k3s_version": manifest.k3s_version,
+        "architectures": list(manifest.architectures),
+        "files": files,
+        "size": sum(e.size for e in manifest.entries),
+        "install": dict(manifest.install),
+    }
