@@ -12,6 +12,7 @@ from k3bundle.installer import cli as installer_cli
 from k3bundle.installer.errors import EXIT_CODES, K3BundleError
 
 from . import keys
+from .build_cli import build_command, prompt_secret
 from .progress import TqdmProgress
 from .zipapp import write_zipapp
 
@@ -60,7 +61,7 @@ def keygen(name: str, force: bool) -> None:
     prompt (only on a terminal) or in K3BUNDLE_KEY_PASSPHRASE. Keep NAME.key on the build
     machine; copy NAME.pub to the hosts (e.g. /etc/k3bundle/trusted.d/).
     """
-    pair = keys.generate(name, keys.passphrase_from(_prompt, confirm=True), force=force)
+    pair = keys.generate(name, keys.passphrase_from(prompt_secret, confirm=True), force=force)
     click.echo(f"Wrote {pair.private} (keep it secret) and {pair.public}.", err=True)
     click.echo(f"Key id: {pair.key_id}")
 
@@ -95,6 +96,7 @@ def _passthrough(command: str, summary: str) -> None:
         sys.exit(code)
 
 
+cli.add_command(build_command)
 _passthrough("install", "Verify a bundle and install k3s from it (see: k3bundle install --help).")
 _passthrough("verify", "Verify a bundle's signature and every byte (see: k3bundle verify --help).")
 _passthrough("inspect", "Show what a bundle holds (see: k3bundle inspect --help).")

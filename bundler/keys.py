@@ -75,15 +75,25 @@ def _write_private(path: Path, pem: bytes) -> None:
     os.chmod(path, 0o600)
 
 
-def load_signer(path: Path, prompt: Optional[Prompt] = None) -> Callable[[bytes], Signature]:
-    """A function that signs manifest bytes with the private key at `path`."""
+class Signer:
+    """Signs manifest bytes with one private key; knows that key's id."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self._key = key
+        self.key_id = key_id_of(_public_der(key))
+
+    def __call__(self, data: bytes) -> Signature:
+        """The Ed25519 signature of `data`."""
+        return Signature(self.key_id, self._key.sign(data))
+
+
+def load_signer(path: Path, prompt: Optional[Prompt] = None) -> Signer:
+    """A Signer for the private key at `path` (asking for its passphrase if needed)."""
     try:
         pem = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read signing key {path}: {exc.strerror}") from None
-    key = _load_private(path, pem, prompt)
-    key_id = key_id_of(_public_der(key))
-    return lambda data: Signature(key_id, key.sign(data))
+    return Signer(_load_private(path, pem, prompt))
 
 
 def _load_private(path: Path, pem: bytes, prompt: Optional[Prompt]) -> Ed25519PrivateKey:

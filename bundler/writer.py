@@ -65,6 +65,7 @@ class BundleOutput:
     bundle_id: str
     size: int
     parts_index: Optional[Path] = None
+    sha256s: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -186,10 +187,12 @@ def write_bundle(
         sink.abort()
         raise
     bundle_id = hashlib.sha256(data).hexdigest()
+    sha256s = {str(p["name"]): str(p["sha256"]) for p in sink.written}
     if split is None:
-        return BundleOutput(paths, bundle_id, sink.total)
+        return BundleOutput(paths, bundle_id, sink.total, None, sha256s)
     index = _write_parts_index(target, sink, bundle_id)
-    return BundleOutput([*paths, index], bundle_id, sink.total, index)
+    sha256s[index.name] = sha256_file(index)
+    return BundleOutput([*paths, index], bundle_id, sink.total, index, sha256s)
 
 
 def _write_members(

@@ -309,6 +309,9 @@ class BundleSource:
             )
         if isinstance(self._raw, PartsReader):
             self._raw.drain()
+        # tarfile takes a missing end-of-archive marker for the end: a cut there is a truncation.
+        if self.total_size() < self._tar.offset + 2 * tarfile.BLOCKSIZE:
+            raise IntegrityError(f"{self.name} is truncated: its end-of-archive blocks are missing")
 
     def _blame_part(self) -> None:
         if isinstance(self._raw, PartsReader):

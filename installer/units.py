@@ -168,7 +168,7 @@ mounts_below() {
     done </proc/self/mounts | sort -r
 }
 
-# Deletes $1 but never descends into a file system that is still mounted below it.
+# Deletes $1, but a directory that still holds a mount point is emptied instead of removed.
 remove_tree() {
     if [ -L "$1" ] || [ ! -d "$1" ] || [ -z "$(mounts_below "$1")" ]; then
         rm -rf "$1"
@@ -181,8 +181,8 @@ remove_tree() {
     done
 }
 
-# Detaches every mount below directory $1, then deletes it; a mount point on $1 itself (a
-# dedicated disk) is emptied and kept.
+# Detaches every mount below directory $1, then deletes it, so rm never crosses into a mounted
+# file system; a mount on $1 itself (a dedicated disk) is emptied and kept.
 clean_mounted_directory() {
     dir=$(cd -P "$1" 2>/dev/null && pwd -P) || return 0
     [ "$dir" != / ] || return 1

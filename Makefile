@@ -1,0 +1,47 @@
+# k3bundle's front door. `make install` once, then `make test` / `make lint` / `make bench`.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# mypy cannot follow setuptools' editable package-dir mapping (k3bundle.bundler <- bundler/,
+# k3bundle.installer <- installer/), so `lint` checks a tree of symlinks that has the real layout.
+TYPECHECK := .typecheck
+# The folders mapped to k3bundle.<name> by [tool.setuptools.package-dir] in pyproject.toml.
+PACKAGES  := $(foreach p,bundler installer manifests,$(if $(wildcard $(p)/__init__.py),$(p)))
+
+.PHONY: install test lint bench clean typecheck-tree
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
+
+test:
+	$(BIN)/python -m pytest
+
+typecheck-tree:
+	@mkdir -p $(TYPECHECK)/k3bundle
+	@touch $(TYPECHECK)/k3bundle/__init__.py
+	@for p in $(PACKAGES); do ln -sfn ../../$$p $(TYPECHECK)/k3bundle/$$p; done
+
+# Every check runs even when an earlier one fails, so one run shows all problems.
+lint: typecheck-tree
+	@rc=0; \
+	run() { echo "+ $$*"; env "$$@" || rc=1; }; \
+	run $(BIN)/ruff check .; \
+	run $(BIN)/ruff format --check .; \
+	run MYPYPATH=$(TYPECHECK) $(BIN)/mypy --strict --cache-dir=$(TYPECHECK)/cache-src \
+		$(foreach p,$(PACKAGES),-p k3bundle.$(p)); \
+	run MYPYPATH=$(TYPECHECK) $(BIN)/mypy --strict --cache-dir=$(TYPECHECK)/cache-tests \
+		--explicit-package-bases --follow-imports=silent tests $(wildcard bench/*.py); \
+	exit $$rc
+
+bench:
+	@set -e; for script in bench/*.py; do \
+		[ -e "$$script" ] || { echo "no scripts in bench/"; break; }; \
+		echo "== $$script"; \
+		$(BIN)/python "$$script"; \
+	done
+
+clean:
+	rm -rf $(TYPECHECK) build dist .bench .mypy_cache .pytest_cache .ruff_cache *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,198 @@
+"""`k3bundle build`: a k3s release turned into one signed bundle, its installer and SHA256SUMS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from k3bundle.installer.errors import FetchError, UsageError
+from k3bundle.installer.manifest import Entry, Manifest, check_arch
+from k3bundle.installer.progress import Progress
+
+from . import release
+from .cache import Cache
+from .fetch import Download, FetchEvents, Fetcher, FetchSettings, NotFoundError
+from .keys import Prompt, load_signer
+from .writer import BundleOutput, sha256_file, write_bundle
+from .zipapp import write_zipapp
+
+INSTALLER_NAME = "k3bundle-install.pyz"
+SUMS_NAME = "SHA256SUMS"
+Warn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """Everything one build needs, merged from the spec and the command line."""
+
+    arches: Tuple[str, ...]
+    cache_dir: Path
+    version: Optional[str] = None
+    channel: str = "stable"
+    images_format: str = "zst"
+    sign_key: Optional[Path] = None
+    output: Path = Path("dist")
+    split: Optional[int] = None
+    release_url: str = release.DEFAULT_RELEASE_URL
+    channel_url: str = release.DEFAULT_CHANNEL_URL
+    fetch: FetchSettings = FetchSettings()
+    install: Mapping[str, Any] = field(default_factory=dict)
+    name: Optional[str] = None
+    images: Tuple[str, ...] = ()
+    charts: Tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass
+class BuildResult:
+    """What a build wrote and how it got there."""
+
+    version: str
+    resolved_by: str
+    arches: Tuple[str, ...]
+    bundle: BundleOutput
+    installer: Path
+    sums: Path
+    signed_by: Optional[str]
+    downloaded_bytes: int
+    files: List[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Asset:
+    entry_path: str
+    kind: str
+    mode: int
+    arch: str
+    download: Download
+    checksum_url: str
+
+
+def build(
+    settings: BuildSettings,
+    events: Optional[FetchEvents] = None,
+    progress: Optional[Progress] = None,
+    warn: Warn = lambda message: None,
+    prompt: Optional[Prompt] = None,
+) -> BuildResult:
+    """Resolve, download (or reuse), verify and bundle one k3s release."""
+    _refuse_unsupported(settings)
+    signer = load_signer(settings.sign_key, prompt) if settings.sign_key else None
+    if signer is None:
+        warn("no --sign-key given: the bundle is UNSIGNED and hosts must install it with --allow-unsigned")
+    cache = Cache(settings.cache_dir)
+    fetcher = Fetcher(cache, settings.fetch, events)
+    resolved = _resolve(settings, fetcher, cache)
+    assets = [a for arch in settings.arches for a in _assets(settings, resolved.version, arch, fetcher, cache)]
+    cached = fetcher.fetch_all([a.download for a in assets])
+    manifest = _manifest(settings, resolved.version, assets, cached)
+    files = {a.entry_path: cached[a.download.sha256] for a in assets}
+    settings.output.mkdir(parents=True, exist_ok=True)
+    _remove_previous_outputs(settings.output)
+    target = settings.output / f"{settings.name or default_name(resolved.version, settings.arches)}.tar"
+    bar = progress or Progress()
+    bar.start(f"Writing {target.name}", sum(e.size for e in manifest.entries))
+    bundle = write_bundle(target, manifest, files, signer, settings.split, bar.advance)
+    bar.finish()
+    installer = write_zipapp(settings.output / INSTALLER_NAME)
+    sums = _write_sums(settings.output, bundle, installer)
+    key_id = signer.key_id if signer else None
+    written = [*bundle.files, installer, sums]
+    return BuildResult(resolved.version, resolved.how, settings.arches, bundle, installer, sums, key_id, fetcher.transferred, written)
+
+
+def default_name(version: str, arches: Sequence[str]) -> str:
+    """k3s-v1.31.4-k3s1-amd64-arm64: the tag with '+' made file-name safe, then the arches."""
+    return f"k3s-{version.replace('+', '-')}-{'-'.join(arches)}"
+
+
+def _refuse_unsupported(settings: BuildSettings) -> None:
+    for arch in settings.arches:
+        check_arch(arch)
+    if settings.images or settings.charts:
+        raise UsageError(
+            "extra images and Helm charts are not supported by this version of k3bundle yet",
+            "Remove 'images:' and 'charts:' from the spec (or the --image/--chart flags).",
+        )
+
+
+def _resolve(settings: BuildSettings, fetcher: Fetcher, cache: Cache) -> release.Resolved:
+    if settings.version:
+        return release.Resolved(release.check_version(settings.version), "--version")
+    key = f"channel:{settings.channel_url.rstrip('/')}/{settings.channel}"
+    if settings.fetch.offline:
+        version = cache.recall(key)
+        if version is None:
+            raise FetchError(
+                f"--offline: channel {settings.channel!r} was never resolved with this cache",
+                "Pass --version, or build once with network access.",
+            )
+        return release.Resolved(version, f"channel {settings.channel} (cached answer, --offline)")
+    resolved = release.resolve_channel(fetcher._session(), settings.channel_url, settings.channel, settings.fetch.timeout)
+    cache.remember(key, resolved.version)
+    return resolved
+
+
+def _checksums(settings: BuildSettings, version: str, arch: str, fetcher: Fetcher, cache: Cache) -> Tuple[str, Dict[str, str]]:
+    url = release.asset_url(settings.release_url, version, release.checksum_name(arch))
+    text = cache.recall(url) if settings.fetch.offline else None
+    if text is None and settings.fetch.offline:
+        raise FetchError(f"--offline: {url} is not in the cache", "Build once with network access.")
+    if text is None:
+        try:
+            text = fetcher.get_text(url)
+        except NotFoundError:
+            raise FetchError(
+                f"k3s {version} has no {release.checksum_name(arch)} at {url}",
+                f"Either the release does not exist there or it does not ship {arch}; check "
+                "--version/--channel, --arch and --release-url.",
+            ) from None
+        cache.remember(url, text)
+    return url, release.parse_checksums(text, url)
+
+
+def _assets(settings: BuildSettings, version: str, arch: str, fetcher: Fetcher, cache: Cache) -> List[_Asset]:
+    checksum_url, sums = _checksums(settings, version, arch, fetcher, cache)
+    wanted = [
+        (release.binary_name(arch), "k3s-binary", 0o755),
+        (release.images_name(arch, settings.images_format), "airgap-images", 0o644),
+    ]
+    assets = []
+    for name, kind, mode in wanted:
+        sha = release.expected_sha(sums, name, checksum_url)
+        download = Download(release.asset_url(settings.release_url, version, name), sha, name)
+        assets.append(_Asset(f"{arch}/{name}", kind, mode, arch, download, checksum_url))
+    return assets
+
+
+def _manifest(
+    settings: BuildSettings, version: str, assets: Sequence[_Asset], cached: Mapping[str, Path]
+) -> Manifest:
+    entries = []
+    for asset in assets:
+        source = {"url": asset.download.url, "checksum_file": asset.checksum_url, "checksum": asset.download.sha256}
+        size = cached[asset.download.sha256].stat().st_size
+        entries.append(Entry(asset.entry_path, size, asset.download.sha256, asset.kind, asset.mode, asset.arch, source))
+    install = {k: v for k, v in settings.install.items() if v}
+    return Manifest(version, settings.arches, tuple(entries), install=install)
+
+
+def _remove_previous_outputs(output: Path) -> None:
+    """Remove the files a previous build listed in DIR/SHA256SUMS, so DIR holds one bundle."""
+    sums = output / SUMS_NAME
+    if not sums.is_file():
+        return
+    for line in sums.read_text("utf-8").splitlines():
+        name = line.split("  ", 1)[-1].strip()
+        if name and "/" not in name and not name.startswith("."):
+            (output / name).unlink(missing_ok=True)
+    sums.unlink()
+
+
+def _write_sums(output: Path, bundle: BundleOutput, installer: Path) -> Path:
+    hashes = dict(bundle.sha256s)
+    hashes[installer.name] = sha256_file(installer)
+    lines = [f"{sha}  {name}\n" for name, sha in sorted(hashes.items())]
+    path = output / SUMS_NAME
+    path.write_text("".join(lines), "utf-8")
+    return path

@@ -1,0 +1,235 @@
+"""Downloads behind one seam: one requests session, bounded timeouts and retries, resume, hashing.
+
+Every file is streamed to a partial file in the cache while it is hashed, resumed with an HTTP
+Range request after a dropped connection (or restarted when the server ignores Range), retried a
+bounded number of times with backoff on connection errors, 5xx and 429, and admitted into the
+cache only when its sha256 matches the expected one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
+
+import requests
+
+from k3bundle.installer.errors import FetchError, IntegrityError
+
+from .cache import Cache
+
+CHUNK = 1 << 20
+USER_AGENT = "k3bundle/0.1 (+https://github.com/k3s-io/k3s air-gap bundler)"
+_RETRY_STATUS = {429, 500, 502, 503, 504}
+_TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """Network limits: connect/read timeouts, retry count and backoff, parallel jobs."""
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    retries: int = 5
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    jobs: int = 4
+    offline: bool = False
+
+    @property
+    def timeout(self) -> Tuple[float, float]:
+        """The (connect, read) timeout pair requests takes."""
+        return (self.connect_timeout, self.read_timeout)
+
+
+@dataclass(frozen=True)
+class Download:
+    """One file to fetch: where from, and the sha256 it must have."""
+
+    url: str
+    sha256: str
+    name: str
+
+
+class FetchEvents:
+    """Callbacks for progress; silent by default, the CLI draws bars from them."""
+
+    def planned(self, downloads: Sequence[Download]) -> None:
+        """These files will be fetched (or taken from the cache)."""
+
+    def started(self, download: Download, total: Optional[int], done: int) -> None:
+        """A transfer began (or resumed at `done` bytes)."""
+
+    def advanced(self, download: Download, count: int) -> None:
+        """`count` more bytes arrived."""
+
+    def finished(self, download: Download, cached: bool) -> None:
+        """The file is verified and in the cache (`cached`: no transfer was needed)."""
+
+    def retrying(self, download: Download, reason: str, delay: float) -> None:
+        """A transfer failed transiently and will be retried after `delay` seconds."""
+
+
+def make_session() -> requests.Session:
+    """The one requests session: a User-Agent; retries and timeouts are handled per request."""
+    session = requests.Session()
+    session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+class NotFoundError(FetchError):
+    """The server says the file does not exist (HTTP 404)."""
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, delay: Optional[float] = None) -> None:
+        super().__init__(reason)
+        self.reason, self.delay = reason, delay
+
+
+class Fetcher:
+    """Fetches verified files into a Cache, in parallel, resuming where transfers broke off."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        settings: FetchSettings = FetchSettings(),
+        events: Optional[FetchEvents] = None,
+        session_factory: Callable[[], requests.Session] = make_session,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.cache, self.settings = cache, settings
+        self.events = events or FetchEvents()
+        self._local = threading.local()
+        self._session_factory, self._sleep = session_factory, sleep
+        self.transferred = 0
+
+    def _session(self) -> requests.Session:
+        # requests sessions are not thread-safe: one per worker thread.
+        if not hasattr(self._local, "session"):
+            self._local.session = self._session_factory()
+        session: requests.Session = self._local.session
+        return session
+
+    def get_text(self, url: str) -> str:
+        """A small text file (checksum file), with the same retry rules as downloads."""
+        for attempt in self._attempts(url):
+            try:
+                response = self._session().get(url, timeout=self.settings.timeout)
+                self._check_status(response, url)
+                return response.text
+            except _Retry as retry:
+                self._pause(attempt, url, retry)
+        raise AssertionError("unreachable")
+
+    def fetch_all(self, downloads: Sequence[Download]) -> Dict[str, Path]:
+        """Fetch every download (in parallel, --jobs at once); return {sha256: cached path}."""
+        unique = list({d.sha256: d for d in downloads}.values())
+        self.events.planned(unique)
+        with ThreadPoolExecutor(max_workers=max(1, self.settings.jobs)) as pool:
+            paths = list(pool.map(self.fetch, unique))
+        return {d.sha256: p for d, p in zip(unique, paths)}
+
+    def fetch(self, download: Download) -> Path:
+        """One verified file in the cache: from the cache when present, else downloaded."""
+        cached = self.cache.lookup(download.sha256)
+        if cached is not None:
+            self.events.finished(download, cached=True)
+            return cached
+        if self.settings.offline:
+            raise FetchError(
+                f"--offline: {download.name} (sha256 {download.sha256[:12]}…) is not in the cache "
+                f"{self.cache.root}",
+                "Run the same build once with network access to fill the cache.",
+            )
+        for attempt in self._attempts(download.url):
+            try:
+                return self._transfer(download)
+            except _Retry as retry:
+                self._pause(attempt, download.url, retry, download)
+        raise AssertionError("unreachable")
+
+    def _attempts(self, url: str) -> Iterator[int]:
+        yield from range(self.settings.retries + 1)
+
+    def _pause(self, attempt: int, url: str, retry: _Retry, download: Optional[Download] = None) -> None:
+        if attempt >= self.settings.retries:
+            raise FetchError(
+                f"giving up on {url} after {attempt + 1} attempts: {retry.reason}",
+                "Check the network or the mirror, then build again: finished files are cached "
+                "and an interrupted one resumes where it stopped.",
+            )
+        delay = retry.delay if retry.delay is not None else self.settings.backoff * 2**attempt
+        delay = min(delay, self.settings.max_backoff)
+        if download is not None:
+            self.events.retrying(download, retry.reason, delay)
+        self._sleep(delay)
+
+    def _check_status(self, response: requests.Response, url: str) -> None:
+        if response.status_code in _RETRY_STATUS:
+            after = response.headers.get("Retry-After", "")
+            raise _Retry(f"HTTP {response.status_code}", float(after) if after.isdigit() else None)
+        if response.status_code == 404:
+            raise NotFoundError(f"not found: {url} (HTTP 404)", "Check the version, architecture and --release-url.")
+        if response.status_code >= 400:
+            raise FetchError(f"{url} answered HTTP {response.status_code}", "Check the URL and your access to it.")
+
+    def _transfer(self, download: Download) -> Path:
+        partial = self.cache.partial(download.sha256)
+        have = partial.stat().st_size if partial.exists() else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            with self._session().get(download.url, headers=headers, stream=True, timeout=self.settings.timeout) as response:
+                if response.status_code == 416:
+                    partial.unlink()
+                    raise _Retry("the server refused to resume (HTTP 416); starting over", 0)
+                self._check_status(response, download.url)
+                resumed = have > 0 and response.status_code == 206
+                return self._stream(download, response, partial, have if resumed else 0)
+        except _TRANSIENT as exc:
+            raise _Retry(f"{type(exc).__name__}: {exc}") from None
+
+    def _stream(self, download: Download, response: requests.Response, partial: Path, offset: int) -> Path:
+        digest = _hash_prefix(partial, offset)
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else None
+        self.events.started(download, total, offset)
+        with open(partial, "r+b" if offset else "wb") as out:
+            out.seek(offset)
+            out.truncate()
+            for chunk in response.iter_content(CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                self.transferred += len(chunk)
+                self.events.advanced(download, len(chunk))
+        return self._admit(download, partial, digest.hexdigest())
+
+    def _admit(self, download: Download, partial: Path, actual: str) -> Path:
+        if actual != download.sha256:
+            partial.unlink()
+            raise IntegrityError(
+                f"checksum mismatch for {download.url}: expected sha256 {download.sha256}, got {actual}",
+                "The download or the mirror is corrupt; nothing was cached. Build again, or check "
+                "the mirror against upstream's sha256sum file.",
+            )
+        path = self.cache.admit(partial, download.sha256)
+        self.events.finished(download, cached=False)
+        return path
+
+
+def _hash_prefix(path: Path, size: int) -> "hashlib._Hash":
+    digest = hashlib.sha256()
+    if size:
+        with open(path, "rb") as handle:
+            left = size
+            while left:
+                chunk = handle.read(min(CHUNK, left))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                left -= len(chunk)
+    return digest

@@ -1,0 +1,124 @@
+"""Declarative bundle specs (YAML), validated against manifests/bundle.schema.json.
+
+Errors name the field and the line it is on, so a user can fix a spec without guessing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import jsonschema
+import yaml
+
+import k3bundle.manifests
+from k3bundle.installer.errors import UsageError
+
+SCHEMA_PATH = Path(k3bundle.manifests.__file__).with_name("bundle.schema.json")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated bundle spec; every field optional so the command line can fill gaps."""
+
+    version: Optional[str] = None
+    channel: Optional[str] = None
+    arches: Tuple[str, ...] = ()
+    images_format: Optional[str] = None
+    name: Optional[str] = None
+    images: Tuple[str, ...] = ()
+    charts: Tuple[Mapping[str, Any], ...] = ()
+    install: Mapping[str, Any] = field(default_factory=dict)
+
+
+def load_schema() -> Dict[str, Any]:
+    """The bundle spec's JSON schema."""
+    schema: Dict[str, Any] = json.loads(SCHEMA_PATH.read_text("utf-8"))
+    return schema
+
+
+def load_spec(path: Path) -> Spec:
+    """Read, validate and convert a spec file; UsageError names the field and line."""
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read spec {path}: {exc.strerror}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path} is not valid YAML: {exc}") from None
+    validate(doc, node, str(path))
+    return _to_spec(doc)
+
+
+def validate(doc: Any, node: Optional[yaml.Node], origin: str) -> None:
+    """Check `doc` against the schema; the first error (by position) becomes a UsageError."""
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(doc), key=lambda e: _line(node, list(e.absolute_path)))
+    if not errors:
+        return
+    error = errors[0]
+    where = _field_name(list(error.absolute_path))
+    line = _line(node, list(error.absolute_path))
+    at = f" (line {line})" if line else ""
+    raise UsageError(
+        f"{origin}: {where}{at}: {_explain(error)}",
+        "See manifests/*.yaml for commented examples and manifests/bundle.schema.json for every field.",
+    )
+
+
+def _explain(error: jsonschema.ValidationError) -> str:
+    if error.validator == "not" and error.validator_value == {"required": ["version", "channel"]}:
+        return "give either 'version' or 'channel', not both"
+    if error.validator == "additionalProperties":
+        return str(error.message).replace("Additional properties are not allowed", "unknown field(s)")
+    return str(error.message)
+
+
+def _field_name(path: Sequence[Union[str, int]]) -> str:
+    if not path:
+        return "the document"
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _line(node: Optional[yaml.Node], path: List[Union[str, int]]) -> int:
+    """The 1-based line of the value at `path` in the composed YAML, or of its nearest parent."""
+    if node is None:
+        return 0
+    current = node
+    for part in path:
+        child = _child(current, part)
+        if child is None:
+            break
+        current = child
+    return int(current.start_mark.line) + 1
+
+
+def _child(node: yaml.Node, part: Union[str, int]) -> Optional[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.value == part:
+                return value  # type: ignore[no-any-return]
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        return node.value[part]  # type: ignore[no-any-return]
+    return None
+
+
+def _to_spec(doc: Mapping[str, Any]) -> Spec:
+    k3s = doc.get("k3s") or {}
+    return Spec(
+        version=k3s.get("version"),
+        channel=k3s.get("channel"),
+        arches=tuple(k3s.get("arches") or ()),
+        images_format=k3s.get("images"),
+        name=(doc.get("metadata") or {}).get("name"),
+        images=tuple(doc.get("images") or ()),
+        charts=tuple(doc.get("charts") or ()),
+        install=dict(doc.get("install") or {}),
+    )

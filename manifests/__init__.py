@@ -1,0 +1,1 @@
+"""Example bundle specs and their JSON schema, shipped as package data."""

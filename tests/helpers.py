@@ -1,0 +1,92 @@
+"""Shared test helpers: build small real bundles, run the CLI, snapshot folders."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+from k3bundle.bundler import keys
+from k3bundle.bundler.writer import BundleOutput, entry_for_file, write_bundle
+from k3bundle.installer.manifest import Entry, Manifest
+
+VERSION = "v1.31.4+k3s1"
+BINARY_NAMES = {"amd64": "k3s", "arm64": "k3s-arm64", "arm": "k3s-armhf"}
+
+
+@dataclass(frozen=True)
+class KeyFiles:
+    """A generated key pair on disk."""
+
+    private: Path
+    public: Path
+    key_id: str
+
+
+def make_keys(folder: Path, name: str = "signer") -> KeyFiles:
+    """Generate an unencrypted Ed25519 key pair in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pair = keys.generate(str(folder / name), None)
+    return KeyFiles(pair.private, pair.public, pair.key_id)
+
+
+def make_payload(folder: Path, arches: Sequence[str], image_size: int = 200_000) -> Dict[str, Tuple[Path, Entry]]:
+    """Stand-in k3s binaries and airgap image tarballs per arch: member path → (file, entry)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out: Dict[str, Tuple[Path, Entry]] = {}
+    for arch in arches:
+        binary = folder / BINARY_NAMES[arch]
+        binary.write_bytes(f"#!/bin/sh\necho 'stand-in k3s {arch}'\n".encode())
+        images = folder / f"k3s-airgap-images-{arch}.tar.zst"
+        images.write_bytes(hashlib.sha256(arch.encode()).digest() * (image_size // 32))
+        for local, kind, mode in ((binary, "k3s-binary", 0o755), (images, "airgap-images", 0o644)):
+            path = f"{arch}/{local.name}"
+            out[path] = (local, entry_for_file(local, path, kind, arch=arch, mode=mode))
+    return out
+
+
+def make_bundle(
+    folder: Path,
+    arches: Sequence[str] = ("amd64", "arm64"),
+    signer: Optional[KeyFiles] = None,
+    split: Optional[int] = None,
+    install: Optional[Mapping[str, Any]] = None,
+    name: str = "bundle.tar",
+    image_size: int = 200_000,
+) -> BundleOutput:
+    """Write a real bundle from stand-in files into `folder`."""
+    payload = make_payload(folder / "payload", arches, image_size)
+    manifest = Manifest(VERSION, tuple(arches), tuple(e for _, e in payload.values()), install=dict(install or {}))
+    sign = keys.load_signer(signer.private) if signer else None
+    files = {path: local for path, (local, _) in payload.items()}
+    return write_bundle(folder / name, manifest, files, sign, split)
+
+
+def run_k3bundle(*args: str, env: Optional[Mapping[str, str]] = None) -> "subprocess.CompletedProcess[str]":
+    """Run `k3bundle ARGS` in a subprocess, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "k3bundle.bundler", *args], capture_output=True, text=True, env=full_env, check=False
+    )
+
+
+def snapshot(root: Path) -> Dict[str, Tuple[int, str]]:
+    """Every path under `root` with its mode and content hash (or link target): byte-for-byte state."""
+    state: Dict[str, Tuple[int, str]] = {}
+    if not root.exists():
+        return state
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            info = path.lstat()
+            if path.is_symlink():
+                state[str(path.relative_to(root))] = (info.st_mode, "-> " + os.readlink(path))
+            elif path.is_file():
+                state[str(path.relative_to(root))] = (info.st_mode, hashlib.sha256(path.read_bytes()).hexdigest())
+            else:
+                state[str(path.relative_to(root))] = (info.st_mode, "dir")
+    return state
