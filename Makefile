@@ -9,7 +9,7 @@ TYPECHECK := .typecheck
 # The folders mapped to k3bundle.<name> by [tool.setuptools.package-dir] in pyproject.toml.
 PACKAGES  := $(foreach p,bundler installer manifests,$(if $(wildcard $(p)/__init__.py),$(p)))
 
-.PHONY: install test lint bench clean typecheck-tree
+.PHONY: install test lint bench clean typecheck-tree demo
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ bench:
 		$(BIN)/python "$$script"; \
 	done
 
+# Build, verify and install a signed 2-arch bundle from a local stand-in release server (no
+# internet). Re-runnable: keeps demo/cache so the second run shows cache hits.
+demo: install
+	BIN=$(BIN) bash tests/demo.sh
+
 clean:
+	rm -rf demo demo-root
 	rm -rf $(TYPECHECK) build dist .bench .mypy_cache .pytest_cache .ruff_cache *.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

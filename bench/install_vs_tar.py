@@ -221,7 +221,8 @@ def bench_size(
                 result.samples[variant].append(sample)
                 print(
                     f"[{human(size)}] run {index + 1}/{runs} {variant:8s}"
-                    f" {sample.seconds:7.3f} s (cpu {sample.cpu:6.3f} s)  {sample.rss_mib:6.1f} MiB",
+                    f" {sample.seconds:7.3f} s (cpu {sample.cpu:6.3f} s)"
+                    f" {sample.rss_mib:6.1f} MiB",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -246,29 +247,37 @@ def report(results: Sequence[SizeResult], runs: int, floor: float) -> bool:
         f"goal: ratio <= {MAX_RATIO}, peak RSS <= {MAX_RSS_MIB:.0f} MiB"
     )
     header = (
-        f"{'size':>6} {'variant':8} {'tar s':>8} {'inst s':>8} {'ratio':>6} "
-        f"{'RSS MiB':>8} {'tar RSS':>8}  verdict"
+        f"{'size':>6} {'variant':8} {'tar s':>7} {'inst s':>7} {'ratio':>6} "
+        f"{'cpu ratio':>9} {'RSS MiB':>8} {'tar RSS':>8}  verdict"
     )
     print(header)
     print("-" * len(header))
     ok = True
     for result in results:
-        tar = result.median("tar")
+        tar, tar_cpu = result.median("tar"), result.cpu("tar")
         for variant in ("install", "zipapp"):
             seconds = result.median(variant)
             ratio = seconds / tar
             rss = result.peak_rss(variant)
             line = verdict(ratio, rss)
             ok = ok and line == "PASS"
+            cpu_ratio = result.cpu(variant) / tar_cpu if tar_cpu else float("nan")
             print(
-                f"{human(result.size):>6} {variant:8} {tar:8.3f} {seconds:8.3f} {ratio:6.2f} "
-                f"{rss:8.1f} {result.peak_rss('tar'):8.1f}  {line}"
+                f"{human(result.size):>6} {variant:8} {tar:7.3f} {seconds:7.3f} {ratio:6.2f} "
+                f"{cpu_ratio:9.2f} {rss:8.1f} {result.peak_rss('tar'):8.1f}  {line}"
             )
     print(
         "install = python -m k3bundle.bundler install (cryptography); "
         "zipapp = python -I k3bundle-install.pyz install (openssl)"
     )
+    print(
+        "ratio = median wall time install / tar (the goal); cpu ratio = median user+system CPU, "
+        "for information (less sensitive to a busy machine)"
+    )
     print(f"RSS = the child's own ru_maxrss via os.wait4; floor {floor:.1f} MiB (the launcher's)")
+    load = os.getloadavg()[0]
+    print(f"load average (1 min) at the end: {load:.2f} on {os.cpu_count()} CPUs", end="")
+    print(" -- a busy machine: wall times are noisy" if load > 0.5 else "")
     return ok
 
 

@@ -12,7 +12,7 @@ from k3bundle.installer.progress import Progress
 
 from . import release
 from .cache import Cache
-from .fetch import Download, FetchEvents, Fetcher, FetchSettings, NotFoundError
+from .fetch import Download, Fetcher, FetchEvents, FetchSettings, NotFoundError
 from .keys import Prompt, load_signer
 from .writer import BundleOutput, sha256_file, write_bundle
 from .zipapp import write_zipapp
@@ -36,7 +36,7 @@ class BuildSettings:
     split: Optional[int] = None
     release_url: str = release.DEFAULT_RELEASE_URL
     channel_url: str = release.DEFAULT_CHANNEL_URL
-    fetch: FetchSettings = FetchSettings()
+    fetch: FetchSettings = field(default_factory=FetchSettings)
     install: Mapping[str, Any] = field(default_factory=dict)
     name: Optional[str] = None
     images: Tuple[str, ...] = ()
@@ -79,17 +79,26 @@ def build(
     _refuse_unsupported(settings)
     signer = load_signer(settings.sign_key, prompt) if settings.sign_key else None
     if signer is None:
-        warn("no --sign-key given: the bundle is UNSIGNED and hosts must install it with --allow-unsigned")
+        warn(
+            "no --sign-key given: the bundle is UNSIGNED and hosts must install it "
+            "with --allow-unsigned"
+        )
     cache = Cache(settings.cache_dir)
     fetcher = Fetcher(cache, settings.fetch, events)
     resolved = _resolve(settings, fetcher, cache)
-    assets = [a for arch in settings.arches for a in _assets(settings, resolved.version, arch, fetcher, cache)]
+    assets = [
+        a
+        for arch in settings.arches
+        for a in _assets(settings, resolved.version, arch, fetcher, cache)
+    ]
     cached = fetcher.fetch_all([a.download for a in assets])
     manifest = _manifest(settings, resolved.version, assets, cached)
     files = {a.entry_path: cached[a.download.sha256] for a in assets}
     settings.output.mkdir(parents=True, exist_ok=True)
     _remove_previous_outputs(settings.output)
-    target = settings.output / f"{settings.name or default_name(resolved.version, settings.arches)}.tar"
+    target = (
+        settings.output / f"{settings.name or default_name(resolved.version, settings.arches)}.tar"
+    )
     bar = progress or Progress()
     bar.start(f"Writing {target.name}", sum(e.size for e in manifest.entries))
     bundle = write_bundle(target, manifest, files, signer, settings.split, bar.advance)
@@ -98,7 +107,17 @@ def build(
     sums = _write_sums(settings.output, bundle, installer)
     key_id = signer.key_id if signer else None
     written = [*bundle.files, installer, sums]
-    return BuildResult(resolved.version, resolved.how, settings.arches, bundle, installer, sums, key_id, fetcher.transferred, written)
+    return BuildResult(
+        resolved.version,
+        resolved.how,
+        settings.arches,
+        bundle,
+        installer,
+        sums,
+        key_id,
+        fetcher.transferred,
+        written,
+    )
 
 
 def default_name(version: str, arches: Sequence[str]) -> str:
@@ -128,12 +147,16 @@ def _resolve(settings: BuildSettings, fetcher: Fetcher, cache: Cache) -> release
                 "Pass --version, or build once with network access.",
             )
         return release.Resolved(version, f"channel {settings.channel} (cached answer, --offline)")
-    resolved = release.resolve_channel(fetcher._session(), settings.channel_url, settings.channel, settings.fetch.timeout)
+    resolved = release.resolve_channel(
+        fetcher._session(), settings.channel_url, settings.channel, settings.fetch.timeout
+    )
     cache.remember(key, resolved.version)
     return resolved
 
 
-def _checksums(settings: BuildSettings, version: str, arch: str, fetcher: Fetcher, cache: Cache) -> Tuple[str, Dict[str, str]]:
+def _checksums(
+    settings: BuildSettings, version: str, arch: str, fetcher: Fetcher, cache: Cache
+) -> Tuple[str, Dict[str, str]]:
     url = release.asset_url(settings.release_url, version, release.checksum_name(arch))
     text = cache.recall(url) if settings.fetch.offline else None
     if text is None and settings.fetch.offline:
@@ -151,7 +174,9 @@ def _checksums(settings: BuildSettings, version: str, arch: str, fetcher: Fetche
     return url, release.parse_checksums(text, url)
 
 
-def _assets(settings: BuildSettings, version: str, arch: str, fetcher: Fetcher, cache: Cache) -> List[_Asset]:
+def _assets(
+    settings: BuildSettings, version: str, arch: str, fetcher: Fetcher, cache: Cache
+) -> List[_Asset]:
     checksum_url, sums = _checksums(settings, version, arch, fetcher, cache)
     wanted = [
         (release.binary_name(arch), "k3s-binary", 0o755),
@@ -170,9 +195,23 @@ def _manifest(
 ) -> Manifest:
     entries = []
     for asset in assets:
-        source = {"url": asset.download.url, "checksum_file": asset.checksum_url, "checksum": asset.download.sha256}
+        source = {
+            "url": asset.download.url,
+            "checksum_file": asset.checksum_url,
+            "checksum": asset.download.sha256,
+        }
         size = cached[asset.download.sha256].stat().st_size
-        entries.append(Entry(asset.entry_path, size, asset.download.sha256, asset.kind, asset.mode, asset.arch, source))
+        entries.append(
+            Entry(
+                asset.entry_path,
+                size,
+                asset.download.sha256,
+                asset.kind,
+                asset.mode,
+                asset.arch,
+                source,
+            )
+        )
     install = {k: v for k, v in settings.install.items() if v}
     return Manifest(version, settings.arches, tuple(entries), install=install)
 

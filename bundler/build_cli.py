@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import click
+
 from k3bundle.installer.manifest import ARCHES, arch_from_machine
 from k3bundle.installer.progress import Progress, human_size
 
@@ -23,27 +24,93 @@ from .writer import parse_size
 
 def prompt_secret(text: str, confirm: bool) -> str:
     """Ask for a passphrase on the terminal, hidden."""
-    value: str = click.prompt(text, hide_input=True, confirmation_prompt=confirm, default="", show_default=False)
+    value: str = click.prompt(
+        text, hide_input=True, confirmation_prompt=confirm, default="", show_default=False
+    )
     return value
 
 
 @click.command("build")
-@click.option("-f", "--file", "spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Bundle spec (YAML); flags override it.")
+@click.option(
+    "-f",
+    "--file",
+    "spec_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Bundle spec (YAML); flags override it.",
+)
 @click.option("--version", "version", help="Exact k3s release, e.g. v1.31.4+k3s1.")
-@click.option("--channel", help="Release channel resolved via the channel server [default: stable].")
-@click.option("--arch", "arches", multiple=True, type=click.Choice(ARCHES), help="Architecture (repeatable) [default: this machine's].")
-@click.option("--images-format", type=click.Choice(sorted(release.IMAGE_FORMATS)), help="Airgap image tarball compression [default: zst].")
-@click.option("--sign-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Ed25519 private key from 'k3bundle keygen'.")
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("dist"), show_default=True, help="Output folder.")
-@click.option("--split", "split", metavar="SIZE|fat32", help="Split the bundle into parts of at most SIZE bytes (fat32 = 4 GiB - 1).")
+@click.option(
+    "--channel", help="Release channel resolved via the channel server [default: stable]."
+)
+@click.option(
+    "--arch",
+    "arches",
+    multiple=True,
+    type=click.Choice(ARCHES),
+    help="Architecture (repeatable) [default: this machine's].",
+)
+@click.option(
+    "--images-format",
+    type=click.Choice(sorted(release.IMAGE_FORMATS)),
+    help="Airgap image tarball compression [default: zst].",
+)
+@click.option(
+    "--sign-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Ed25519 private key from 'k3bundle keygen'.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("dist"),
+    show_default=True,
+    help="Output folder.",
+)
+@click.option(
+    "--split",
+    "split",
+    metavar="SIZE|fat32",
+    help="Split the bundle into parts of at most SIZE bytes (fat32 = 4 GiB - 1).",
+)
 @click.option("--name", help="Bundle file name stem [default: k3s-<version>-<arches>].")
-@click.option("--release-url", default=release.DEFAULT_RELEASE_URL, show_default=True, help="Release download base (a mirror).")
-@click.option("--channel-url", default=release.DEFAULT_CHANNEL_URL, show_default=True, help="Channel server base.")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Download cache [default: ~/.cache/k3bundle].")
-@click.option("--jobs", type=click.IntRange(1, 32), default=4, show_default=True, help="Parallel downloads.")
-@click.option("--retries", type=click.IntRange(0, 20), default=5, show_default=True, help="Retries per download.")
-@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=60.0, show_default=True, help="Read timeout in seconds.")
-@click.option("--offline", is_flag=True, help="Build from the cache alone; fail if anything is missing.")
+@click.option(
+    "--release-url",
+    default=release.DEFAULT_RELEASE_URL,
+    show_default=True,
+    help="Release download base (a mirror).",
+)
+@click.option(
+    "--channel-url",
+    default=release.DEFAULT_CHANNEL_URL,
+    show_default=True,
+    help="Channel server base.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Download cache [default: ~/.cache/k3bundle].",
+)
+@click.option(
+    "--jobs", type=click.IntRange(1, 32), default=4, show_default=True, help="Parallel downloads."
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 20),
+    default=5,
+    show_default=True,
+    help="Retries per download.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=60.0,
+    show_default=True,
+    help="Read timeout in seconds.",
+)
+@click.option(
+    "--offline", is_flag=True, help="Build from the cache alone; fail if anything is missing."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars; only the summary.")
 def build_command(spec_file: Optional[Path], **flags: Any) -> None:
@@ -60,20 +127,30 @@ def build_command(spec_file: Optional[Path], **flags: Any) -> None:
     on_tty = sys.stderr.isatty() and not flags["quiet"]
     events: FetchEvents = TqdmFetchEvents() if on_tty else FetchEvents()
     progress: Progress = TqdmProgress() if on_tty else Progress()
-    warn = (lambda message: click.echo(f"Warning: {message}", err=True))
-    result = build(settings, events, progress, warn, prompt_secret)
+    result = build(settings, events, progress, _warn, prompt_secret)
     if flags["as_json"]:
         click.echo(json.dumps(result_json(result), indent=2, sort_keys=True))
     else:
         click.echo("\n".join(summary_lines(result)))
 
 
+def _warn(message: str) -> None:
+    click.echo(f"Warning: {message}", err=True)
+
+
 def settings_from(spec: Spec, flags: Dict[str, Any]) -> BuildSettings:
     """Merge spec and flags (flags win) into BuildSettings."""
     version = flags["version"] or (None if flags["channel"] else spec.version)
     channel = flags["channel"] or spec.channel or "stable"
-    arches: Tuple[str, ...] = tuple(flags["arches"]) or spec.arches or (arch_from_machine(platform.machine()),)
-    fetch = FetchSettings(read_timeout=flags["timeout"], retries=flags["retries"], jobs=flags["jobs"], offline=flags["offline"])
+    arches: Tuple[str, ...] = (
+        tuple(flags["arches"]) or spec.arches or (arch_from_machine(platform.machine()),)
+    )
+    fetch = FetchSettings(
+        read_timeout=flags["timeout"],
+        retries=flags["retries"],
+        jobs=flags["jobs"],
+        offline=flags["offline"],
+    )
     return BuildSettings(
         arches=tuple(dict.fromkeys(arches)),
         cache_dir=flags["cache_dir"] or default_cache_dir(),
@@ -113,7 +190,8 @@ def summary_lines(result: BuildResult) -> List[str]:
     folder = first.parent
     signed = f"signed by {result.signed_by}" if result.signed_by else "UNSIGNED"
     lines = [
-        f"Built {first.name}: k3s {result.version} ({result.resolved_by}) for {', '.join(result.arches)}, "
+        f"Built {first.name}: k3s {result.version} ({result.resolved_by}) "
+        f"for {', '.join(result.arches)}, "
         f"{human_size(result.bundle.size)}, {signed}.",
         f"Downloaded {human_size(result.downloaded_bytes)}; everything else came from the cache.",
         "",

@@ -17,7 +17,7 @@ DEFAULT_CACHE = Path("~/.cache/k3bundle")
 
 
 def default_cache_dir() -> Path:
-    """The cache folder: $K3BUNDLE_CACHE_DIR, else $XDG_CACHE_HOME/k3bundle, else ~/.cache/k3bundle."""
+    """The cache: $K3BUNDLE_CACHE_DIR, else $XDG_CACHE_HOME/k3bundle, else ~/.cache/k3bundle."""
     if os.environ.get("K3BUNDLE_CACHE_DIR"):
         return Path(os.environ["K3BUNDLE_CACHE_DIR"])
     if os.environ.get("XDG_CACHE_HOME"):

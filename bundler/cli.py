@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import click
+
 from k3bundle.installer import cli as installer_cli
 from k3bundle.installer.errors import EXIT_CODES, K3BundleError
 

@@ -156,7 +156,9 @@ class Fetcher:
     def _attempts(self, url: str) -> Iterator[int]:
         yield from range(self.settings.retries + 1)
 
-    def _pause(self, attempt: int, url: str, retry: _Retry, download: Optional[Download] = None) -> None:
+    def _pause(
+        self, attempt: int, url: str, retry: _Retry, download: Optional[Download] = None
+    ) -> None:
         if attempt >= self.settings.retries:
             raise FetchError(
                 f"giving up on {url} after {attempt + 1} attempts: {retry.reason}",
@@ -174,16 +176,23 @@ class Fetcher:
             after = response.headers.get("Retry-After", "")
             raise _Retry(f"HTTP {response.status_code}", float(after) if after.isdigit() else None)
         if response.status_code == 404:
-            raise NotFoundError(f"not found: {url} (HTTP 404)", "Check the version, architecture and --release-url.")
+            raise NotFoundError(
+                f"not found: {url} (HTTP 404)", "Check the version, architecture and --release-url."
+            )
         if response.status_code >= 400:
-            raise FetchError(f"{url} answered HTTP {response.status_code}", "Check the URL and your access to it.")
+            raise FetchError(
+                f"{url} answered HTTP {response.status_code}",
+                "Check the URL and your access to it.",
+            )
 
     def _transfer(self, download: Download) -> Path:
         partial = self.cache.partial(download.sha256)
         have = partial.stat().st_size if partial.exists() else 0
         headers = {"Range": f"bytes={have}-"} if have else {}
         try:
-            with self._session().get(download.url, headers=headers, stream=True, timeout=self.settings.timeout) as response:
+            with self._session().get(
+                download.url, headers=headers, stream=True, timeout=self.settings.timeout
+            ) as response:
                 if response.status_code == 416:
                     partial.unlink()
                     raise _Retry("the server refused to resume (HTTP 416); starting over", 0)
@@ -193,7 +202,9 @@ class Fetcher:
         except _TRANSIENT as exc:
             raise _Retry(f"{type(exc).__name__}: {exc}") from None
 
-    def _stream(self, download: Download, response: requests.Response, partial: Path, offset: int) -> Path:
+    def _stream(
+        self, download: Download, response: requests.Response, partial: Path, offset: int
+    ) -> Path:
         digest = _hash_prefix(partial, offset)
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
@@ -212,7 +223,8 @@ class Fetcher:
         if actual != download.sha256:
             partial.unlink()
             raise IntegrityError(
-                f"checksum mismatch for {download.url}: expected sha256 {download.sha256}, got {actual}",
+                f"checksum mismatch for {download.url}: "
+                f"expected sha256 {download.sha256}, got {actual}",
                 "The download or the mirror is corrupt; nothing was cached. Build again, or check "
                 "the mirror against upstream's sha256sum file.",
             )
@@ -221,7 +233,7 @@ class Fetcher:
         return path
 
 
-def _hash_prefix(path: Path, size: int) -> "hashlib._Hash":
+def _hash_prefix(path: Path, size: int) -> hashlib._Hash:
     digest = hashlib.sha256()
     if size:
         with open(path, "rb") as handle:

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from k3bundle.installer.errors import TrustError, UsageError
 from k3bundle.installer.signature import Signature, key_id_of
 

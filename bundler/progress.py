@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from tqdm import tqdm
 
@@ -17,7 +17,7 @@ class TqdmProgress(Progress):
     """One tqdm bar per piece of long work, on stderr."""
 
     def __init__(self) -> None:
-        self._bar: Optional[tqdm[None]] = None
+        self._bar: Optional[tqdm[Any]] = None
 
     def start(self, label: str, total: int) -> None:
         """Open a byte-counting bar."""
@@ -42,8 +42,8 @@ class TqdmFetchEvents(FetchEvents):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._bars: Dict[str, "tqdm[None]"] = {}
-        self._total: Optional["tqdm[None]"] = None
+        self._bars: Dict[str, tqdm[Any]] = {}
+        self._total: Optional[tqdm[Any]] = None
 
     def planned(self, downloads: Sequence[Download]) -> None:
         """Open the total bar, counting files."""

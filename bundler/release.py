@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Dict, Tuple
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import requests
 
@@ -85,15 +85,22 @@ class Resolved:
     how: str
 
 
-def resolve_channel(session: requests.Session, channel_url: str, channel: str, timeout: Tuple[float, float]) -> Resolved:
+def resolve_channel(
+    session: requests.Session, channel_url: str, channel: str, timeout: Tuple[float, float]
+) -> Resolved:
     """Ask the channel server; its 302 Location ends in the tag."""
     if not _CHANNEL.match(channel):
-        raise UsageError(f"{channel!r} is not a channel name", "Channels look like stable, latest, testing or v1.31.")
+        raise UsageError(
+            f"{channel!r} is not a channel name",
+            "Channels look like stable, latest, testing or v1.31.",
+        )
     url = f"{channel_url.rstrip('/')}/{channel}"
     try:
         response = session.get(url, allow_redirects=False, timeout=timeout)
     except requests.RequestException as exc:
-        raise FetchError(f"cannot reach the channel server at {url}: {exc}", "Pin a release with --version.") from None
+        raise FetchError(
+            f"cannot reach the channel server at {url}: {exc}", "Pin a release with --version."
+        ) from None
     location = response.headers.get("Location", "")
     if response.status_code not in (301, 302, 303, 307, 308) or not location:
         raise FetchError(
@@ -101,7 +108,9 @@ def resolve_channel(session: requests.Session, channel_url: str, channel: str, t
             "Use stable, latest, testing or vX.Y, or pin a release with --version.",
         )
     tag = urlsplit(location).path.rstrip("/").rsplit("/", 1)[-1]
-    version = requests.utils.unquote(tag)
+    version = unquote(tag)
     if not _VERSION.match(version):
-        raise FetchError(f"channel {channel!r} at {url} points to {location!r}, which holds no k3s version")
+        raise FetchError(
+            f"channel {channel!r} at {url} points to {location!r}, which holds no k3s version"
+        )
     return Resolved(version, f"channel {channel} at {channel_url}")

@@ -66,7 +66,8 @@ def validate(doc: Any, node: Optional[yaml.Node], origin: str) -> None:
     at = f" (line {line})" if line else ""
     raise UsageError(
         f"{origin}: {where}{at}: {_explain(error)}",
-        "See manifests/*.yaml for commented examples and manifests/bundle.schema.json for every field.",
+        "See manifests/*.yaml for commented examples and manifests/bundle.schema.json "
+        "for every field.",
     )
 
 
@@ -74,7 +75,9 @@ def _explain(error: jsonschema.ValidationError) -> str:
     if error.validator == "not" and error.validator_value == {"required": ["version", "channel"]}:
         return "give either 'version' or 'channel', not both"
     if error.validator == "additionalProperties":
-        return str(error.message).replace("Additional properties are not allowed", "unknown field(s)")
+        return str(error.message).replace(
+            "Additional properties are not allowed", "unknown field(s)"
+        )
     return str(error.message)
 
 

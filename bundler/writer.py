@@ -1,4 +1,4 @@
-"""Write k3bundle/v1 bundles: one deterministic tar, optionally split into parts while it is written.
+"""Write k3bundle/v1 bundles: one deterministic tar, optionally split into parts as it is written.
 
 The format's definitions (manifest model, member names, parts index) come from the installer, which
 owns the format; this module only writes what those definitions describe.
@@ -12,7 +12,7 @@ import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Dict, List, Mapping, Optional
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional
 
 from k3bundle.installer.errors import IntegrityError, UsageError
 from k3bundle.installer.manifest import MANIFEST_NAME, SIGNATURE_NAME, Entry, Manifest
@@ -77,7 +77,7 @@ class _PartWriter:
     written: List[Dict[str, object]] = field(default_factory=list)
     total: int = 0
     _handle: Optional[IO[bytes]] = None
-    _hash: hashlib._Hash = field(default_factory=hashlib.sha256)  # type: ignore[name-defined]
+    _hash: hashlib._Hash = field(default_factory=hashlib.sha256)
     _in_part: int = 0
 
     def _name(self) -> Path:
@@ -218,7 +218,7 @@ def _write_members(
 
 def _write_parts_index(target: Path, sink: _PartWriter, bundle_id: str) -> Path:
     index = parts_index_path(target)
-    doc = {"format": PARTS_FORMAT, "bundle": target.name, "bundle_id": bundle_id}
+    doc: Dict[str, Any] = {"format": PARTS_FORMAT, "bundle": target.name, "bundle_id": bundle_id}
     doc.update(size=sink.total, parts=sink.written)
     tmp = index.with_name(f".{index.name}.tmp")
     tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", "utf-8")

@@ -35,7 +35,8 @@ def _common(parser: argparse.ArgumentParser, trust: bool = True) -> None:
             action="append",
             default=[],
             metavar="PUB",
-            help="trusted public key (repeatable); default: every *.pub in ROOT/etc/k3bundle/trusted.d/",
+            help="trusted public key (repeatable); "
+            "default: every *.pub in ROOT/etc/k3bundle/trusted.d/",
         )
         parser.add_argument(
             "--allow-unsigned",
@@ -206,7 +207,8 @@ def _inspect_lines(summary: Dict[str, Any]) -> List[str]:
     for item in summary["files"]:
         source = item["source"].get("url", "local file")
         out.append(
-            f"  {item['kind']:<18} {item['arch'] or '-':<6} {human_size(item['size']):>10}  {item['path']}"
+            f"  {item['kind']:<18} {item['arch'] or '-':<6} "
+            f"{human_size(item['size']):>10}  {item['path']}"
         )
         out.append(f"  {'':<18} sha256 {item['sha256']}  from {source}")
     return out

@@ -7,16 +7,17 @@ destination created, so a failure leaves the host as it was.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Set, Tuple
 
 from .errors import InstallError
 from .plan import LINKED_COMMANDS, Link, Placement
-from .sources import CHUNK
+from .sources import CHUNK, Reader
 
 SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 Progress = Callable[[int], None]
@@ -77,7 +78,7 @@ class HostDestination:
         path = self.path(link.path)
         return path.is_symlink() and os.readlink(path) == link.target
 
-    def stage(self, placement: Placement, stream: IO[bytes], progress: Progress) -> Path:
+    def stage(self, placement: Placement, stream: Reader, progress: Progress) -> Path:
         """Copy a stream to a temporary name beside the target.
 
         Payload streams verify their own sha256 as they are read (sources.VerifyingStream), so
@@ -119,16 +120,12 @@ class HostDestination:
     def abort(self) -> None:
         """Remove staged files and the folders this destination created."""
         for staged in self._staged:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 staged.tmp.unlink()
-            except FileNotFoundError:
-                pass
         self._staged.clear()
         for folder in reversed(self._created_dirs):
-            try:
+            with contextlib.suppress(OSError):  # not empty: something else lives there now
                 folder.rmdir()
-            except OSError:
-                pass
         self._created_dirs.clear()
 
     def _make_dirs(self, folder: Path) -> None:

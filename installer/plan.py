@@ -148,7 +148,7 @@ def _check_targets_unique(payload: Sequence[Placement]) -> None:
 
 
 def unit_env(options: Options) -> Dict[str, str]:
-    """Variables of the unit's env file: K3S_*/CONTAINERD_*/proxies from the caller, then the token."""
+    """The unit's env file: K3S_*/CONTAINERD_*/proxies from the caller, then the token."""
     env = units.env_from_environment(options.environ)
     if options.token:
         env["K3S_TOKEN"] = options.token

@@ -14,7 +14,7 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Iterator, List, Optional, Protocol, Sequence, Tuple, cast
 
 from .errors import FormatError, IntegrityError, K3BundleError
 from .manifest import (
@@ -31,6 +31,13 @@ PARTS_SUFFIX = ".parts.json"
 PARTS_FORMAT = "k3bundle-parts/v1"
 _PART_RE = re.compile(r"^(?P<base>.+)\.(?P<index>\d{3})$")
 _PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
+
+
+class Reader(Protocol):
+    """Anything with read(): a file, a part sequence, a member stream."""
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes; b"" at the end."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +150,8 @@ class PartsReader(io.RawIOBase):
         if self._hash.hexdigest() != part.sha256:
             raise IntegrityError(
                 f"bundle part {part.path.name} is damaged (its sha256 does not match the index)",
-                f"Copy {part.path.name} again from the build output; the other parts are fine so far.",
+                f"Copy {part.path.name} again from the build output; "
+                "the other parts are fine so far.",
             )
 
     def close(self) -> None:
@@ -154,21 +162,16 @@ class PartsReader(io.RawIOBase):
         super().close()
 
 
-class VerifyingStream(io.RawIOBase):
+class VerifyingStream:
     """A member's bytes, hashed as they are read and checked against the entry at the end."""
 
-    def __init__(self, raw: IO[bytes], entry: Entry, bundle: str) -> None:
-        super().__init__()
+    def __init__(self, raw: Reader, entry: Entry, bundle: str) -> None:
         self._raw, self._entry, self._bundle = raw, entry, bundle
         self._hash = hashlib.sha256()
         self._seen = 0
         self.checked = False
 
-    def readable(self) -> bool:
-        """Members are read, never written."""
-        return True
-
-    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+    def read(self, size: int = -1) -> bytes:
         """Read, hash, and at the end compare size and sha256 with the manifest."""
         left = self._entry.size - self._seen
         data = self._raw.read(left if size < 0 else min(size, left)) if left else b""
@@ -177,12 +180,6 @@ class VerifyingStream(io.RawIOBase):
         if not data and not self.checked:
             self._check()
         return data
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        """Like read(), into a caller's buffer."""
-        data = self.read(len(buffer))
-        memoryview(buffer)[: len(data)] = data
-        return len(data)
 
     def _check(self) -> None:
         self.checked = True
@@ -216,7 +213,8 @@ class BundleSource:
         self.parts = resolve_parts(self.path)
         if self.parts is None and not self.path.is_file():
             raise IntegrityError(f"bundle {path} does not exist", "Check the path and try again.")
-        self._raw: IO[bytes] = PartsReader(self.parts) if self.parts else open(self.path, "rb")  # noqa: SIM115
+        raw = PartsReader(self.parts) if self.parts else open(self.path, "rb")  # noqa: SIM115
+        self._raw = cast(IO[bytes], raw)
         self._tar = self._open_tar()
         self._pending: Optional[tarfile.TarInfo] = None
 
@@ -284,7 +282,8 @@ class BundleSource:
             info = self._next_member()
             if info is None:
                 raise IntegrityError(
-                    f"{self.name} ends before {entry.path}: the bundle is truncated or a member is missing"
+                    f"{self.name} ends before {entry.path}: "
+                    "the bundle is truncated or a member is missing"
                 )
             _check_type(info, self.name)
             check_member_path(info.name)
@@ -292,7 +291,8 @@ class BundleSource:
                 raise _misplaced(info.name, entry, by_path, expected[:position], self.name)
             if info.size != entry.size:
                 raise IntegrityError(
-                    f"{info.name} in {self.name} has {info.size} bytes, the manifest says {entry.size}"
+                    f"{info.name} in {self.name} has {info.size} bytes, "
+                    f"the manifest says {entry.size}"
                 )
             stream = VerifyingStream(self._extract(info), entry, self.name)
             yield entry, stream
@@ -326,24 +326,19 @@ class BundleSource:
         except tarfile.TarError as exc:
             raise IntegrityError(f"{self.name} is truncated or damaged ({exc})") from None
 
-    def _extract(self, info: tarfile.TarInfo) -> IO[bytes]:
+    def _extract(self, info: tarfile.TarInfo) -> Reader:
         stream = self._tar.extractfile(info)
         assert stream is not None
         return _TruncationGuard(stream, self.name, info.name)
 
 
-class _TruncationGuard(io.RawIOBase):
+class _TruncationGuard:
     """Turn tarfile's 'unexpected end of data' into an IntegrityError naming the member."""
 
     def __init__(self, raw: IO[bytes], bundle: str, member: str) -> None:
-        super().__init__()
         self._raw, self._bundle, self._member = raw, bundle, member
 
-    def readable(self) -> bool:
-        """Read only."""
-        return True
-
-    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+    def read(self, size: int = -1) -> bytes:
         """Read from the member, mapping truncation to IntegrityError."""
         try:
             return self._raw.read(size)

@@ -40,7 +40,10 @@ def authenticate(
             f"no trusted public key is configured to check {bundle}",
             "Pass --pubkey KEY.pub, or copy the key to /etc/k3bundle/trusted.d/ (under --root).",
         )
-    key = verify(header.manifest, parse_signature(header.signature), keys)
+    try:
+        key = verify(header.manifest, parse_signature(header.signature), keys)
+    except TrustError as exc:
+        raise TrustError(f"{bundle}: {exc.message}", exc.hint) from None
     return Authenticated(parse(header.manifest), bundle_id, key)
 
 

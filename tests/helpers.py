@@ -34,7 +34,9 @@ def make_keys(folder: Path, name: str = "signer") -> KeyFiles:
     return KeyFiles(pair.private, pair.public, pair.key_id)
 
 
-def make_payload(folder: Path, arches: Sequence[str], image_size: int = 200_000) -> Dict[str, Tuple[Path, Entry]]:
+def make_payload(
+    folder: Path, arches: Sequence[str], image_size: int = 200_000
+) -> Dict[str, Tuple[Path, Entry]]:
     """Stand-in k3s binaries and airgap image tarballs per arch: member path → (file, entry)."""
     folder.mkdir(parents=True, exist_ok=True)
     out: Dict[str, Tuple[Path, Entry]] = {}
@@ -60,22 +62,30 @@ def make_bundle(
 ) -> BundleOutput:
     """Write a real bundle from stand-in files into `folder`."""
     payload = make_payload(folder / "payload", arches, image_size)
-    manifest = Manifest(VERSION, tuple(arches), tuple(e for _, e in payload.values()), install=dict(install or {}))
+    manifest = Manifest(
+        VERSION, tuple(arches), tuple(e for _, e in payload.values()), install=dict(install or {})
+    )
     sign = keys.load_signer(signer.private) if signer else None
     files = {path: local for path, (local, _) in payload.items()}
     return write_bundle(folder / name, manifest, files, sign, split)
 
 
-def run_k3bundle(*args: str, env: Optional[Mapping[str, str]] = None) -> "subprocess.CompletedProcess[str]":
+def run_k3bundle(
+    *args: str, env: Optional[Mapping[str, str]] = None
+) -> subprocess.CompletedProcess[str]:
     """Run `k3bundle ARGS` in a subprocess, as a user would."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "k3bundle.bundler", *args], capture_output=True, text=True, env=full_env, check=False
+        [sys.executable, "-m", "k3bundle.bundler", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        check=False,
     )
 
 
 def snapshot(root: Path) -> Dict[str, Tuple[int, str]]:
-    """Every path under `root` with its mode and content hash (or link target): byte-for-byte state."""
+    """Every path under `root` with mode and content hash (or link target): byte-for-byte state."""
     state: Dict[str, Tuple[int, str]] = {}
     if not root.exists():
         return state
@@ -86,7 +96,10 @@ def snapshot(root: Path) -> Dict[str, Tuple[int, str]]:
             if path.is_symlink():
                 state[str(path.relative_to(root))] = (info.st_mode, "-> " + os.readlink(path))
             elif path.is_file():
-                state[str(path.relative_to(root))] = (info.st_mode, hashlib.sha256(path.read_bytes()).hexdigest())
+                state[str(path.relative_to(root))] = (
+                    info.st_mode,
+                    hashlib.sha256(path.read_bytes()).hexdigest(),
+                )
             else:
                 state[str(path.relative_to(root))] = (info.st_mode, "dir")
     return state
