@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import platform
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import click
+from tqdm import tqdm
 
 from k3bundle.installer.manifest import ARCHES, arch_from_machine
 from k3bundle.installer.progress import Progress, human_size
@@ -16,18 +18,11 @@ from k3bundle.installer.progress import Progress, human_size
 from . import release
 from .build import BuildResult, BuildSettings, build
 from .cache import default_cache_dir
-from .fetch import FetchEvents, FetchSettings
-from .progress import TqdmFetchEvents, TqdmProgress
+from .fetch import Download, FetchEvents, FetchSettings
+from .progress import TqdmProgress
 from .spec import Spec, load_spec
+from .terminal import prompt_secret
 from .writer import parse_size
-
-
-def prompt_secret(text: str, confirm: bool) -> str:
-    """Ask for a passphrase on the terminal, hidden."""
-    value: str = click.prompt(
-        text, hide_input=True, confirmation_prompt=confirm, default="", show_default=False
-    )
-    return value
 
 
 @click.command("build")
@@ -210,3 +205,55 @@ def _install_hint(result: BuildResult, first: Path) -> Sequence[str]:
         f"  python3 k3bundle-install.pyz install {first.name} {trust}",
         "(k3bundle-install.pyz needs only python3 >= 3.8; 'k3bundle install' works the same.)",
     ]
+
+
+class TqdmFetchEvents(FetchEvents):
+    """A tqdm bar per file being downloaded plus one total bar, on a terminal."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bars: Dict[str, tqdm[Any]] = {}
+        self._total: Optional[tqdm[Any]] = None
+
+    def planned(self, downloads: Sequence[Download]) -> None:
+        """Open the total bar, counting files."""
+        self._total = tqdm(total=len(downloads), desc="release files", unit="file", leave=True)
+
+    def started(self, download: Download, total: Optional[int], done: int) -> None:
+        """Open (or reopen, after a resume) the file's bar."""
+        with self._lock:
+            old = self._bars.pop(download.sha256, None)
+            if old is not None:
+                old.close()
+            bar = tqdm(
+                total=total,
+                initial=done,
+                desc=download.name,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                leave=False,
+            )
+            self._bars[download.sha256] = bar
+
+    def advanced(self, download: Download, count: int) -> None:
+        """Move the file's bar."""
+        bar = self._bars.get(download.sha256)
+        if bar is not None:
+            bar.update(count)
+
+    def finished(self, download: Download, cached: bool) -> None:
+        """Close the file's bar and say where the file came from."""
+        with self._lock:
+            bar = self._bars.pop(download.sha256, None)
+            if bar is not None:
+                bar.close()
+            if self._total is not None:
+                self._total.update(1)
+                if self._total.n >= (self._total.total or 0):
+                    self._total.close()
+            tqdm.write(f"{'cached  ' if cached else 'verified'} {download.name}", file=sys.stderr)
+
+    def retrying(self, download: Download, reason: str, delay: float) -> None:
+        """Say why a transfer is retried."""
+        tqdm.write(f"retrying {download.name} in {delay:.1f}s: {reason}", file=sys.stderr)

@@ -57,18 +57,29 @@ def load_spec(path: Path) -> Spec:
 def validate(doc: Any, node: Optional[yaml.Node], origin: str) -> None:
     """Check `doc` against the schema; the first error (by position) becomes a UsageError."""
     validator = jsonschema.Draft202012Validator(load_schema())
-    errors = sorted(validator.iter_errors(doc), key=lambda e: _line(node, list(e.absolute_path)))
+    errors = sorted(validator.iter_errors(doc), key=lambda e: _line(node, _error_path(e)))
     if not errors:
         return
     error = errors[0]
-    where = _field_name(list(error.absolute_path))
-    line = _line(node, list(error.absolute_path))
+    where = _field_name(_error_path(error))
+    line = _line(node, _error_path(error))
     at = f" (line {line})" if line else ""
     raise UsageError(
         f"{origin}: {where}{at}: {_explain(error)}",
         "See manifests/*.yaml for commented examples and manifests/bundle.schema.json "
         "for every field.",
     )
+
+
+def _error_path(error: jsonschema.ValidationError) -> List[Union[str, int]]:
+    """Where the error is; for unknown fields, the first unknown field rather than its parent."""
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+        unknown = [key for key in error.instance if key not in known]
+        if unknown:
+            path.append(unknown[0])
+    return path
 
 
 def _explain(error: jsonschema.ValidationError) -> str:
@@ -91,25 +102,27 @@ def _field_name(path: Sequence[Union[str, int]]) -> str:
 
 
 def _line(node: Optional[yaml.Node], path: List[Union[str, int]]) -> int:
-    """The 1-based line of the value at `path` in the composed YAML, or of its nearest parent."""
+    """The 1-based line of the field (its key) or item at `path`, or of its nearest parent."""
     if node is None:
         return 0
-    current = node
+    current, mark = node, node.start_mark
     for part in path:
         child = _child(current, part)
         if child is None:
             break
-        current = child
-    return int(current.start_mark.line) + 1
+        label, current = child
+        mark = label.start_mark
+    return int(mark.line) + 1
 
 
-def _child(node: yaml.Node, part: Union[str, int]) -> Optional[yaml.Node]:
+def _child(node: yaml.Node, part: Union[str, int]) -> Optional[Tuple[yaml.Node, yaml.Node]]:
+    """(key, value) of a mapping field, or (item, item) of a sequence item."""
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             if key.value == part:
-                return value  # type: ignore[no-any-return]
+                return key, value
     if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-        return node.value[part]  # type: ignore[no-any-return]
+        return node.value[part], node.value[part]
     return None
 
 

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Mapping, Optional, Set, Tuple
+from typing import IO, Any, Callable, List, Mapping, Optional, Set, Tuple
 
 from .errors import InstallError
 from .plan import LINKED_COMMANDS, Link, Placement
@@ -92,10 +92,14 @@ class HostDestination:
         except OSError as exc:
             raise InstallError(f"cannot write {final}: {exc.strerror}", "Run as root.") from None
         self._staged.append(Staged(tmp, final))
-        with os.fdopen(fd, "wb") as out:
-            for chunk in iter(lambda: stream.read(CHUNK), b""):
-                out.write(chunk)
-                progress(len(chunk))
+        view = memoryview(bytearray(CHUNK))
+        with os.fdopen(fd, "wb", buffering=0) as out:
+            while True:
+                count = stream.readinto(view) or 0
+                if not count:
+                    break
+                _write_all(out, view[:count])
+                progress(count)
             os.fchmod(out.fileno(), placement.mode)
         return final
 
@@ -141,6 +145,12 @@ class HostDestination:
                     f"cannot create {path}: {exc.strerror}", "Run as root."
                 ) from None
             self._created_dirs.append(path)
+
+
+def _write_all(out: IO[bytes], view: memoryview) -> None:
+    while view:
+        written = out.write(view) or 0
+        view = view[written:]
 
 
 def _sha256_of(path: Path) -> str:

@@ -14,7 +14,7 @@ from .errors import InstallError
 from .manifest import arch_from_machine, check_arch
 from .plan import RECORD_PATH, Options, Plan, plan_install
 from .progress import Progress, human_size
-from .sources import CHUNK, BundleSource, VerifyingStream
+from .sources import BundleSource
 from .verify import Authenticated, open_authenticated
 
 Report = Callable[[str], None]
@@ -105,18 +105,13 @@ def _place(
     for entry, stream in source.payload(auth.manifest):
         placement = plan.placement_for(entry)
         if placement is None or placement.target in current or options.dry_run:
-            _drain(stream, progress)
+            stream.drain(progress.advance)
         else:
             dest.stage(placement, stream, progress.advance)
     progress.finish()
     for placement in plan.files:
         if placement.entry is None and placement.target not in current and not options.dry_run:
             dest.stage(placement, io.BytesIO(placement.content or b""), lambda n: None)
-
-
-def _drain(stream: VerifyingStream, progress: Progress) -> None:
-    for chunk in iter(lambda: stream.read(CHUNK), b""):
-        progress.advance(len(chunk))
 
 
 def _describe(

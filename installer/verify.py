@@ -69,8 +69,7 @@ def verify_bundle(
     with source:
         progress.start(f"Verifying {source.name}", sum(e.size for e in auth.manifest.entries))
         for _entry, stream in source.payload(auth.manifest):
-            for chunk in iter(lambda s=stream: s.read(1 << 20), b""):  # type: ignore[misc]
-                progress.advance(len(chunk))
+            stream.drain(progress.advance)
         progress.finish()
     summary = describe(auth.manifest, auth.bundle_id, source.name)
     summary.update(verified=True, signed_by=auth.key.key_id if auth.key else None)

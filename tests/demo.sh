@@ -119,9 +119,9 @@ cat <<EOF
    "k3s binaries" are tiny shell scripts labelled STAND-IN and its airgap image tarballs are
    $((IMAGE_SIZE / 1024 / 1024)) MiB of pseudo-random bytes: nothing here is real k3s.
 2. k3bundle build resolved channel "stable" to $VERSION, fetched sha256sum-<arch>.txt for amd64
-   and arm64, downloaded the binary and the image tarball of each arch into demo/cache/ (each
-   checked against those sums; a file already cached is not downloaded again: the cache held
-   $cached_before file(s) before this run and holds $cached_after now), and wrote ONE tar bundle
+   and arm64, and downloaded each arch's binary and image tarball into demo/cache/, checked
+   against those sums; files already in the cache are not downloaded again (it held
+   $cached_before verified file(s) before this run, $cached_after now). It then wrote ONE tar bundle
    whose manifest is signed with demo/site.key, plus k3bundle-install.pyz and SHA256SUMS.
 3. The standalone installer (python3 -I, standard library only) checked the signature against
    demo/site.pub and every payload byte, then installed the $ARCH half into demo-root/ as it
