@@ -13,11 +13,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, List, Mapping, Optional, Set, Tuple
+from typing import IO, Any, Callable, Iterable, List, Mapping, Optional, Set, Tuple
 
 from .errors import InstallError
 from .plan import LINKED_COMMANDS, Link, Placement
-from .sources import CHUNK, Reader
+from .sources import CHUNK
 
 SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 Progress = Callable[[int], None]
@@ -78,11 +78,12 @@ class HostDestination:
         path = self.path(link.path)
         return path.is_symlink() and os.readlink(path) == link.target
 
-    def stage(self, placement: Placement, stream: Reader, progress: Progress) -> Path:
-        """Copy a stream to a temporary name beside the target.
+    def stage(self, placement: Placement, chunks: Iterable[memoryview], progress: Progress) -> Path:
+        """Write chunks to a temporary name beside the target.
 
-        Payload streams verify their own sha256 as they are read (sources.VerifyingStream), so
-        the bytes are hashed once, while they are written, and checked before any rename.
+        Payload chunks come from sources.VerifyingStream, which hashes them as they pass and
+        raises at the end when size or sha256 differ from the signed manifest: the bytes are
+        hashed once, while they are written, and checked before any rename.
         """
         final = self.path(placement.target)
         self._make_dirs(final.parent)
@@ -92,14 +93,10 @@ class HostDestination:
         except OSError as exc:
             raise InstallError(f"cannot write {final}: {exc.strerror}", "Run as root.") from None
         self._staged.append(Staged(tmp, final))
-        view = memoryview(bytearray(CHUNK))
         with os.fdopen(fd, "wb", buffering=0) as out:
-            while True:
-                count = stream.readinto(view) or 0
-                if not count:
-                    break
-                _write_all(out, view[:count])
-                progress(count)
+            for chunk in chunks:
+                _write_all(out, chunk)
+                progress(len(chunk))
             os.fchmod(out.fileno(), placement.mode)
         return final
 

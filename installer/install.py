@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import platform
 import subprocess
 from dataclasses import dataclass, field
@@ -107,11 +106,11 @@ def _place(
         if placement is None or placement.target in current or options.dry_run:
             stream.drain(progress.advance)
         else:
-            dest.stage(placement, stream, progress.advance)
+            dest.stage(placement, stream.chunks(), progress.advance)
     progress.finish()
     for placement in plan.files:
         if placement.entry is None and placement.target not in current and not options.dry_run:
-            dest.stage(placement, io.BytesIO(placement.content or b""), lambda n: None)
+            dest.stage(placement, [memoryview(placement.content or b"")], lambda n: None)
 
 
 def _describe(

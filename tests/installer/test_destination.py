@@ -6,7 +6,7 @@ import hashlib
 import io
 import os
 from pathlib import Path
-from typing import IO, List, cast
+from typing import List, cast
 
 import pytest
 
@@ -15,6 +15,7 @@ from k3bundle.installer.errors import InstallError, IntegrityError
 from k3bundle.installer.manifest import Entry
 from k3bundle.installer.plan import Link, Placement
 from k3bundle.installer.sources import VerifyingStream
+from k3bundle.installer.tarstream import TarStream
 from tests.helpers import snapshot
 
 DATA = b"#!/bin/sh\necho k3s\n"
@@ -27,7 +28,7 @@ def generated(target: str, data: bytes = DATA, mode: int = 0o755) -> Placement:
 
 def stage(dest: HostDestination, placement: Placement) -> Path:
     """Stage a generated placement from its content."""
-    return dest.stage(placement, io.BytesIO(placement.content or b""), lambda n: None)
+    return dest.stage(placement, [memoryview(placement.content or b"")], lambda n: None)
 
 
 @pytest.fixture
@@ -156,10 +157,10 @@ def test_existing_commands_ignores_our_own_links(root: Path) -> None:
 def test_stage_of_corrupted_stream_raises_and_abort_cleans_up(root: Path) -> None:
     before = snapshot(root)
     entry = Entry("amd64/k3s", len(DATA), hashlib.sha256(b"other").hexdigest(), "k3s-binary")
-    stream = VerifyingStream(io.BytesIO(DATA), entry, "bundle.tar")
+    stream = VerifyingStream(cast(TarStream, io.BytesIO(DATA)), entry, "bundle.tar")
     dest = HostDestination(str(root))
     with pytest.raises(IntegrityError, match="amd64/k3s"):
-        dest.stage(generated("/usr/local/bin/k3s"), cast(IO[bytes], stream), lambda n: None)
+        dest.stage(generated("/usr/local/bin/k3s"), stream.chunks(), lambda n: None)
     dest.abort()
     assert snapshot(root) == before
 
@@ -176,7 +177,9 @@ def test_stage_refuses_when_a_file_blocks_the_folder(root: Path) -> None:
 
 def test_stage_reports_progress_in_bytes(root: Path) -> None:
     seen: List[int] = []
-    HostDestination(str(root)).stage(generated("/usr/local/bin/k3s"), io.BytesIO(DATA), seen.append)
+    chunks = [memoryview(DATA[:3]), memoryview(DATA[3:])]
+    HostDestination(str(root)).stage(generated("/usr/local/bin/k3s"), chunks, seen.append)
+    assert seen == [3, len(DATA) - 3]
     assert sum(seen) == len(DATA)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pytest
+
 from k3bundle.installer.units import (
     env_from_environment,
     render_env,
