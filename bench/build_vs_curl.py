@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.install_vs_tar import Sample, human, parse_size, run_child  # noqa: E402
+from bench.install_vs_tar import Sample, human, parse_common, parse_size, run_child  # noqa: E402
 from tests.release_server import binary_name, checksum_name, generate_release, image_name  # noqa: E402
 
 MIB = 1024**2
@@ -260,15 +260,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         type=parse_size,
         help="total size of the release files, e.g. 256M, 1G (default: 1G)",
     )
-    parser.add_argument("--runs", type=int, default=3, help="timed runs per variant (default: 3)")
-    parser.add_argument(
-        "--workdir", type=Path, default=None, help="where to write (default: REPO/.bench)"
-    )
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
-    args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
-    return args
+    return parse_common(parser, argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

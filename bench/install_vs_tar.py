@@ -309,6 +309,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         type=lambda text: [parse_size(p) for p in text.split(",") if p.strip()],
         help="comma-separated bundle sizes (default: 256M,1G)",
     )
+    return parse_common(parser, argv)
+
+
+def parse_common(
+    parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]
+) -> argparse.Namespace:
+    """Add the options every benchmark takes (--runs, --workdir, --strict) and parse."""
     parser.add_argument("--runs", type=int, default=3, help="timed runs per variant (default: 3)")
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where to write (default: REPO/.bench)"

@@ -9,12 +9,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from k3bundle.installer.errors import FetchError, UsageError
 from k3bundle.installer.manifest import Entry, Manifest, check_arch
 from k3bundle.installer.progress import Progress
+from k3bundle.installer.sources import sha256_file
 
 from . import release
 from .cache import Cache
 from .fetch import Download, Fetcher, FetchEvents, FetchSettings, NotFoundError
 from .keys import Prompt, load_signer
-from .writer import BundleOutput, sha256_file, write_bundle
+from .writer import BundleOutput, write_bundle
 from .zipapp import write_zipapp
 
 INSTALLER_NAME = "k3bundle-install.pyz"

@@ -108,6 +108,9 @@ from .writer import parse_size
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars; only the summary.")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Say what happens to each file; tracebacks on errors."
+)
 def build_command(spec_file: Optional[Path], **flags: Any) -> None:
     """Download, verify and bundle a k3s release for an air-gapped install.
 
@@ -120,7 +123,11 @@ def build_command(spec_file: Optional[Path], **flags: Any) -> None:
     spec = load_spec(spec_file) if spec_file else Spec()
     settings = settings_from(spec, flags)
     on_tty = sys.stderr.isatty() and not flags["quiet"]
-    events: FetchEvents = TqdmFetchEvents() if on_tty else FetchEvents()
+    events: FetchEvents = FetchEvents()
+    if on_tty:
+        events = TqdmFetchEvents()
+    elif flags["verbose"]:
+        events = LogFetchEvents()
     progress: Progress = TqdmProgress() if on_tty else Progress()
     result = build(settings, events, progress, _warn, prompt_secret)
     if flags["as_json"]:
@@ -257,3 +264,21 @@ class TqdmFetchEvents(FetchEvents):
     def retrying(self, download: Download, reason: str, delay: float) -> None:
         """Say why a transfer is retried."""
         tqdm.write(f"retrying {download.name} in {delay:.1f}s: {reason}", file=sys.stderr)
+
+
+class LogFetchEvents(FetchEvents):
+    """One line per file on stderr (for -v when stderr is not a terminal)."""
+
+    def started(self, download: Download, total: Optional[int], done: int) -> None:
+        """Say a transfer began or resumed."""
+        how = f"resuming at {done} bytes" if done else "downloading"
+        click.echo(f"{how} {download.url}", err=True)
+
+    def finished(self, download: Download, cached: bool) -> None:
+        """Say where the file came from."""
+        how = "cached  " if cached else "verified"
+        click.echo(f"{how} {download.name} sha256 {download.sha256}", err=True)
+
+    def retrying(self, download: Download, reason: str, delay: float) -> None:
+        """Say why a transfer is retried."""
+        click.echo(f"retrying {download.name} in {delay:.1f}s: {reason}", err=True)

@@ -18,7 +18,7 @@ from typing import IO, Any, Callable, Dict, List, Mapping, Optional
 from k3bundle.installer.errors import IntegrityError, UsageError
 from k3bundle.installer.manifest import MANIFEST_NAME, SIGNATURE_NAME, Entry, Manifest
 from k3bundle.installer.signature import Signature
-from k3bundle.installer.sources import CHUNK, PARTS_FORMAT, parts_index_path
+from k3bundle.installer.sources import CHUNK, PARTS_FORMAT, parts_index_path, sha256_file
 
 FAT32_MAX = 4 * 1024**3 - 1
 BLOCK = 512
@@ -41,15 +41,6 @@ def parse_size(text: str) -> int:
             f"Give 'fat32', or a size such as 2G or 700M (at least {RECORD} bytes).",
         )
     return int(digits) * scale
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def entry_for_file(local: Path, path: str, kind: str, **fields: object) -> Entry:

@@ -8,7 +8,6 @@ destination created, so a failure leaves the host as it was.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import IO, Any, Callable, Iterable, List, Mapping, Optional, Set, Tu
 
 from .errors import InstallError
 from .plan import LINKED_COMMANDS, Link, Placement
-from .sources import CHUNK
+from .sources import sha256_file
 
 SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 Progress = Callable[[int], None]
@@ -71,7 +70,7 @@ class HostDestination:
             return False
         if not path.is_file() or path.is_symlink() or info.st_size != placement.size:
             return False
-        return (info.st_mode & 0o7777) == placement.mode and _sha256_of(path) == placement.sha256
+        return (info.st_mode & 0o7777) == placement.mode and sha256_file(path) == placement.sha256
 
     def link_is_current(self, link: Link) -> bool:
         """True when the symlink already exists with the right target."""
@@ -148,11 +147,3 @@ def _write_all(out: IO[bytes], view: memoryview) -> None:
     while view:
         written = out.write(view) or 0
         view = view[written:]
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

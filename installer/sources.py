@@ -46,6 +46,15 @@ _PART_RE = re.compile(r"^(?P<base>.+)\.(?P<index>\d{3})$")
 _PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 
 
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class Part:
     """One file of a split bundle, as the parts index records it."""
