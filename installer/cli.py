@@ -204,6 +204,17 @@ def _inspect_lines(summary: Dict[str, Any]) -> List[str]:
     ]
     for part in summary.get("parts", []):
         out.append(f"part:          {part['name']} ({human_size(part['size'])})")
+    for image in summary.get("images", []):
+        arches = ",".join(image.get("arches", []))
+        out.append(
+            f"image:         {image.get('name')} ({arches}, {human_size(image.get('size', 0))})"
+        )
+        out.append(f"               digest {image.get('digest')}")
+    for chart in summary.get("charts", []):
+        out.append(
+            f"chart:         {chart.get('name')} {chart.get('version')} "
+            f"-> namespace {chart.get('namespace')}"
+        )
     for item in summary["files"]:
         source = item["source"].get("url", "local file")
         out.append(

@@ -101,4 +101,6 @@ def describe(manifest: Manifest, bundle_id: str, name: str) -> Dict[str, Any]:
         "files": files,
         "size": sum(e.size for e in manifest.entries),
         "install": dict(manifest.install),
+        "images": list(manifest.extra.get("images") or []),
+        "charts": list(manifest.extra.get("charts") or []),
     }

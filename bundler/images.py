@@ -1,0 +1,237 @@
+"""Extra container images: pick each architecture's manifest, pull its blobs, write OCI archives.
+
+One OCI image-layout tar per architecture holds every extra image. Each index.json entry carries
+the fully qualified name in `io.containerd.image.name` (what containerd's importer, and so k3s,
+names the image) and the tag in `org.opencontainers.image.ref.name`; blobs shared between images
+are stored once, and manifests keep their registry bytes, so digests match the registry's.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from k3bundle.installer.errors import FetchError
+
+from .cache import Cache
+from .reference import Reference
+from .registry import Fetched, RegistryClient
+
+INDEX_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+OCI_INDEX = INDEX_TYPES[0]
+NAME_ANNOTATION = "io.containerd.image.name"
+REF_ANNOTATION = "org.opencontainers.image.ref.name"
+# k3s's arm is armhf (ARMv7); an ARMv6 image runs there too, so it is the fallback.
+_VARIANTS: Mapping[str, Tuple[Optional[str], ...]] = {
+    "amd64": (None,),
+    "arm64": ("v8", None),
+    "arm": ("v7", "v6", None),
+}
+ZSTD_WINDOW_LOG = 25  # k3s caps its zstd decoder at 1 << 25 bytes
+
+
+@dataclass(frozen=True)
+class PulledImage:
+    """One image for one architecture, its blobs in the cache."""
+
+    ref: Reference
+    arch: str
+    manifest: Fetched
+    platform: Mapping[str, str]
+    blobs: Tuple[Tuple[str, int], ...]  # (digest, size) of config and layers
+    index_digest: str  # what the reference pointed at (an index, or this manifest)
+
+    @property
+    def size(self) -> int:
+        """Bytes of manifest, config and layers."""
+        return len(self.manifest.data) + sum(size for _, size in self.blobs)
+
+
+def platform_of(descriptor: Mapping[str, Any]) -> Tuple[str, str, Optional[str]]:
+    """(os, architecture, variant) of an index entry."""
+    platform = descriptor.get("platform") or {}
+    return (
+        str(platform.get("os", "")),
+        str(platform.get("architecture", "")),
+        platform.get("variant"),
+    )
+
+
+def select_manifest(index: Mapping[str, Any], arch: str, image: str) -> Mapping[str, Any]:
+    """The index entry for linux/`arch`, preferring the variant k3s runs (arm → v7)."""
+    entries = [d for d in index.get("manifests", []) if isinstance(d, dict)]
+    for variant in _VARIANTS[arch]:
+        for entry in entries:
+            if platform_of(entry) == ("linux", arch, variant):
+                return entry
+    have = sorted({"/".join(p for p in platform_of(e) if p) for e in entries})
+    raise FetchError(
+        f"image {image} has no linux/{arch} platform (it has: {', '.join(have) or 'none'})",
+        f"Drop --arch {arch} for this image's bundle, or use an image built for {arch}.",
+    )
+
+
+def pull(client: RegistryClient, ref: Reference, arch: str, cache: Cache) -> PulledImage:
+    """Resolve `ref` to its linux/`arch` manifest and fetch its config and layers."""
+    top = client.get_manifest(ref)
+    doc = _json(top, ref)
+    manifest, platform = top, {"os": "linux", "architecture": arch}
+    if top.media_type in INDEX_TYPES or "manifests" in doc:
+        entry = select_manifest(doc, arch, ref.name)
+        manifest = client.get_manifest(ref, str(entry["digest"]))
+        platform = dict(entry.get("platform") or platform)
+        doc = _json(manifest, ref)
+    blobs = _blobs(doc, ref)
+    for digest, size in blobs:
+        client.fetch_blob(ref, digest, size, cache)
+    if manifest is top:
+        _check_config_arch(cache, blobs[0][0], arch, ref)
+    return PulledImage(ref, arch, manifest, platform, tuple(blobs), top.digest)
+
+
+def pull_all(
+    client_factory: Callable[[], RegistryClient],
+    refs: Sequence[Reference],
+    arches: Sequence[str],
+    cache: Cache,
+    jobs: int,
+) -> List[PulledImage]:
+    """Pull every image for every architecture, `jobs` at a time, in a stable order."""
+    pairs = [(ref, arch) for ref in refs for arch in arches]
+    local = threading.local()  # one client (and requests session) per worker thread
+
+    def one(pair: Tuple[Reference, str]) -> PulledImage:
+        if not hasattr(local, "client"):
+            local.client = client_factory()
+        return pull(local.client, pair[0], pair[1], cache)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(one, pairs))
+
+
+def _json(fetched: Fetched, ref: Reference) -> Dict[str, Any]:
+    try:
+        doc = json.loads(fetched.data)
+    except ValueError:
+        raise FetchError(f"image {ref.name}: manifest {fetched.digest} is not JSON") from None
+    if not isinstance(doc, dict):
+        raise FetchError(f"image {ref.name}: manifest {fetched.digest} is not a JSON object")
+    return doc
+
+
+def _blobs(doc: Mapping[str, Any], ref: Reference) -> List[Tuple[str, int]]:
+    try:
+        descriptors = [doc["config"], *doc.get("layers", [])]
+        return [(str(d["digest"]), int(d["size"])) for d in descriptors]
+    except (KeyError, TypeError, ValueError):
+        raise FetchError(
+            f"image {ref.name}: its manifest lists no config or malformed layers"
+        ) from None
+
+
+def _check_config_arch(cache: Cache, digest: str, arch: str, ref: Reference) -> None:
+    path = cache.lookup(digest.split(":", 1)[-1])
+    config = json.loads(path.read_bytes()) if path else {}
+    found = (config.get("os"), config.get("architecture"))
+    if found != ("linux", arch):
+        raise FetchError(
+            f"image {ref.name} is a single-platform image for {found[0]}/{found[1]}, not linux/{arch}",
+            f"Use an image (or a multi-platform index) that has linux/{arch}.",
+        )
+
+
+def layout_index(images: Sequence[PulledImage]) -> bytes:
+    """index.json of the archive: one entry per image, annotated with its full name."""
+    manifests = []
+    for image in images:
+        annotations = {NAME_ANNOTATION: image.ref.name}
+        annotations[REF_ANNOTATION] = image.ref.tag or image.ref.name
+        manifests.append(
+            {
+                "mediaType": image.manifest.media_type,
+                "digest": image.manifest.digest,
+                "size": len(image.manifest.data),
+                "platform": dict(image.platform),
+                "annotations": annotations,
+            }
+        )
+    doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def write_archive(
+    target: Path, images: Sequence[PulledImage], cache: Cache, compress: bool
+) -> Path:
+    """Write an OCI layout tar (optionally zstd) of `images`; each blob stored once."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    with open(tmp, "wb") as raw:
+        sink: IO[bytes] = _zstd_writer(raw) if compress else raw
+        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            _add_bytes(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+            _add_bytes(tar, "index.json", layout_index(images))
+            _add_dir(tar, "blobs")
+            _add_dir(tar, "blobs/sha256")
+            for digest, source in sorted(_unique_blobs(images, cache).items()):
+                _add_blob(tar, digest, source)
+        if compress:
+            sink.close()
+    tmp.replace(target)
+    return target
+
+
+def _unique_blobs(images: Sequence[PulledImage], cache: Cache) -> Dict[str, Any]:
+    blobs: Dict[str, Any] = {}
+    for image in images:
+        blobs[image.manifest.digest] = image.manifest.data
+        for digest, _size in image.blobs:
+            path = cache.lookup(digest.split(":", 1)[-1])
+            if path is None:
+                raise FetchError(f"image {image.ref.name}: blob {digest} vanished from the cache")
+            blobs[digest] = path
+    return blobs
+
+
+def _info(
+    name: str, size: int, mode: int = 0o644, kind: bytes = tarfile.REGTYPE
+) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime, info.type = size, mode, 0, kind
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    tar.addfile(_info(name, len(data)), io.BytesIO(data))
+
+
+def _add_dir(tar: tarfile.TarFile, name: str) -> None:
+    tar.addfile(_info(name, 0, 0o755, tarfile.DIRTYPE))
+
+
+def _add_blob(tar: tarfile.TarFile, digest: str, source: Any) -> None:
+    name = f"blobs/sha256/{digest.split(':', 1)[-1]}"
+    if isinstance(source, bytes):
+        _add_bytes(tar, name, source)
+        return
+    with open(source, "rb") as handle:
+        tar.addfile(_info(name, source.stat().st_size), handle)
+
+
+def _zstd_writer(raw: IO[bytes]) -> IO[bytes]:
+    import zstandard  # only builds that compress image archives need it
+
+    params = zstandard.ZstdCompressionParameters.from_level(10, window_log=ZSTD_WINDOW_LOG)
+    writer: IO[bytes] = zstandard.ZstdCompressor(compression_params=params).stream_writer(
+        raw, closefd=False
+    )
+    return writer
