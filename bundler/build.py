@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from k3bundle.installer.errors import FetchError, UsageError
+from k3bundle.installer.errors import FetchError
 from k3bundle.installer.manifest import Entry, Manifest, check_arch
 from k3bundle.installer.progress import Progress
 from k3bundle.installer.sources import sha256_file
 
 from . import release
 from .cache import Cache
+from .charts import ChartSpec
+from .extras import RegistryOptions, collect, parse_images
 from .fetch import Download, Fetcher, FetchEvents, FetchSettings, NotFoundError
-from .keys import Prompt, load_signer
+from .keys import Prompt, Signer, load_signer
+from .reference import Reference
 from .writer import BundleOutput, write_bundle
 from .zipapp import write_zipapp
 
@@ -41,7 +46,8 @@ class BuildSettings:
     install: Mapping[str, Any] = field(default_factory=dict)
     name: Optional[str] = None
     images: Tuple[str, ...] = ()
-    charts: Tuple[Mapping[str, Any], ...] = ()
+    charts: Tuple[ChartSpec, ...] = ()
+    registries: RegistryOptions = field(default_factory=RegistryOptions)
 
 
 @dataclass
@@ -86,6 +92,7 @@ def build(
         )
     cache = Cache(settings.cache_dir)
     fetcher = Fetcher(cache, settings.fetch, events)
+    refs = parse_images(settings.images, warn)
     resolved = _resolve(settings, fetcher, cache)
     assets = [
         a
@@ -95,6 +102,39 @@ def build(
     cached = fetcher.fetch_all([a.download for a in assets])
     manifest = _manifest(settings, resolved.version, assets, cached)
     files = {a.entry_path: cached[a.download.sha256] for a in assets}
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=cache.root))
+    try:
+        return _finish(
+            settings, resolved, manifest, files, refs, cache, fetcher, work, signer, progress
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _finish(
+    settings: BuildSettings,
+    resolved: release.Resolved,
+    manifest: Manifest,
+    files: Dict[str, Path],
+    refs: Sequence[Reference],
+    cache: Cache,
+    fetcher: Fetcher,
+    work: Path,
+    signer: Optional[Signer],
+    progress: Optional[Progress],
+) -> BuildResult:
+    extras = collect(
+        refs,
+        settings.charts,
+        settings.arches,
+        settings.images_format,
+        cache,
+        fetcher,
+        settings.registries,
+        work,
+    )
+    manifest = replace(manifest, entries=(*manifest.entries, *extras.entries), extra=extras.meta)
+    files.update(extras.files)
     settings.output.mkdir(parents=True, exist_ok=True)
     _remove_previous_outputs(settings.output)
     target = (
@@ -129,11 +169,6 @@ def default_name(version: str, arches: Sequence[str]) -> str:
 def _refuse_unsupported(settings: BuildSettings) -> None:
     for arch in settings.arches:
         check_arch(arch)
-    if settings.images or settings.charts:
-        raise UsageError(
-            "extra images and Helm charts are not supported by this version of k3bundle yet",
-            "Remove 'images:' and 'charts:' from the spec (or the --image/--chart flags).",
-        )
 
 
 def _resolve(settings: BuildSettings, fetcher: Fetcher, cache: Cache) -> release.Resolved:

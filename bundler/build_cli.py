@@ -18,8 +18,11 @@ from k3bundle.installer.progress import Progress, human_size
 from . import release
 from .build import BuildResult, BuildSettings, build
 from .cache import default_cache_dir
+from .charts import ChartSpec, chart_from_spec, parse_chart_flag
+from .extras import RegistryOptions
 from .fetch import Download, FetchEvents, FetchSettings
 from .progress import TqdmProgress
+from .registry import parse_registry_auth
 from .spec import Spec, load_spec
 from .terminal import prompt_secret
 from .writer import parse_size
@@ -107,6 +110,30 @@ from .writer import parse_size
     "--offline", is_flag=True, help="Build from the cache alone; fail if anything is missing."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option(
+    "--image",
+    multiple=True,
+    metavar="REF",
+    help="Extra container image (repeatable), e.g. nginx:1.27 or ghcr.io/org/app@sha256:…",
+)
+@click.option(
+    "--chart",
+    multiple=True,
+    metavar="REPO/NAME:VERSION",
+    help="Helm chart (repeatable); REPO is oci://HOST/PATH or an http(s) chart repository.",
+)
+@click.option(
+    "--registry-auth",
+    multiple=True,
+    metavar="HOST=USER:PASSWORD",
+    help="Registry credentials (repeatable); default: ~/.docker/config.json.",
+)
+@click.option(
+    "--insecure-registry",
+    multiple=True,
+    metavar="HOST",
+    help="Talk plain HTTP to this registry (repeatable), e.g. 127.0.0.1:5000.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars; only the summary.")
 @click.option(
     "-v", "--verbose", is_flag=True, help="Say what happens to each file; tracebacks on errors."
@@ -167,9 +194,18 @@ def settings_from(spec: Spec, flags: Dict[str, Any]) -> BuildSettings:
         fetch=fetch,
         install=spec.install,
         name=flags["name"] or spec.name,
-        images=spec.images,
-        charts=spec.charts,
+        images=(*spec.images, *flags["image"]),
+        charts=_charts(spec, flags["chart"]),
+        registries=RegistryOptions(
+            insecure=tuple(flags["insecure_registry"]),
+            auth=parse_registry_auth(flags["registry_auth"]),
+        ),
     )
+
+
+def _charts(spec: Spec, flags: Sequence[str]) -> Tuple[ChartSpec, ...]:
+    from_spec = [chart_from_spec(item, spec.base_dir) for item in spec.charts]
+    return (*from_spec, *(parse_chart_flag(text) for text in flags))
 
 
 def result_json(result: BuildResult) -> Dict[str, Any]:

@@ -9,8 +9,9 @@ Layout under the cache folder (default ~/.cache/k3bundle):
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 from urllib.parse import quote
 
 DEFAULT_CACHE = Path("~/.cache/k3bundle")
@@ -30,6 +31,8 @@ class Cache:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._locks: Dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
         for sub in ("sha256", "partial", "index"):
             (root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -41,6 +44,12 @@ class Cache:
         """The cached file for `sha256`, or None."""
         path = self.blob(sha256)
         return path if path.is_file() else None
+
+    def claim(self, sha256: str) -> threading.Lock:
+        """The lock a thread holds while it fetches `sha256`, so a blob that two images share
+        is downloaded once, by one thread, into one partial file."""
+        with self._locks_guard:
+            return self._locks.setdefault(sha256, threading.Lock())
 
     def partial(self, sha256: str) -> Path:
         """The resumable download of `sha256`."""

@@ -80,14 +80,44 @@ def select_manifest(index: Mapping[str, Any], arch: str, image: str) -> Mapping[
     )
 
 
+def get_manifest(
+    client: RegistryClient, ref: Reference, cache: Cache, reference: Optional[str] = None
+) -> Fetched:
+    """A manifest from the registry, kept in the cache (by digest) for --offline builds."""
+    wanted = reference or ref.reference
+    key = f"manifest:{ref.registry}/{ref.repository}@{wanted}"
+    if client.settings.offline:
+        return _recall_manifest(cache, key, ref, wanted)
+    fetched = client.get_manifest(ref, wanted)
+    hexdigest = fetched.digest.split(":", 1)[-1]
+    stored = cache.partial(hexdigest)  # verified bytes; the name is unique per thread
+    stored = stored.with_name(f"{stored.name}.{threading.get_ident()}")
+    stored.write_bytes(fetched.data)
+    cache.admit(stored, hexdigest)
+    cache.remember(key, json.dumps({"digest": fetched.digest, "media_type": fetched.media_type}))
+    return fetched
+
+
+def _recall_manifest(cache: Cache, key: str, ref: Reference, wanted: str) -> Fetched:
+    memo = cache.recall(key)
+    path = cache.lookup(json.loads(memo)["digest"].split(":", 1)[-1]) if memo else None
+    if memo is None or path is None:
+        raise FetchError(
+            f"--offline: the manifest {wanted} of image {ref.name} is not in the cache",
+            "Run the same build once with network access to fill the cache.",
+        )
+    found = json.loads(memo)
+    return Fetched(found["media_type"], found["digest"], path.read_bytes())
+
+
 def pull(client: RegistryClient, ref: Reference, arch: str, cache: Cache) -> PulledImage:
     """Resolve `ref` to its linux/`arch` manifest and fetch its config and layers."""
-    top = client.get_manifest(ref)
+    top = get_manifest(client, ref, cache)
     doc = _json(top, ref)
     manifest, platform = top, {"os": "linux", "architecture": arch}
     if top.media_type in INDEX_TYPES or "manifests" in doc:
         entry = select_manifest(doc, arch, ref.name)
-        manifest = client.get_manifest(ref, str(entry["digest"]))
+        manifest = get_manifest(client, ref, cache, str(entry["digest"]))
         platform = dict(entry.get("platform") or platform)
         doc = _json(manifest, ref)
     blobs = _blobs(doc, ref)
@@ -144,7 +174,8 @@ def _check_config_arch(cache: Cache, digest: str, arch: str, ref: Reference) -> 
     found = (config.get("os"), config.get("architecture"))
     if found != ("linux", arch):
         raise FetchError(
-            f"image {ref.name} is a single-platform image for {found[0]}/{found[1]}, not linux/{arch}",
+            f"image {ref.name} is a single-platform image for {found[0]}/{found[1]}, "
+            f"not linux/{arch}",
             f"Use an image (or a multi-platform index) that has linux/{arch}.",
         )
 

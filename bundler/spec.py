@@ -6,7 +6,7 @@ Errors name the field and the line it is on, so a user can fix a spec without gu
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -31,6 +31,7 @@ class Spec:
     images: Tuple[str, ...] = ()
     charts: Tuple[Mapping[str, Any], ...] = ()
     install: Mapping[str, Any] = field(default_factory=dict)
+    base_dir: Path = Path(".")  # the spec's folder: valuesFile paths are relative to it
 
 
 def load_schema() -> Dict[str, Any]:
@@ -51,7 +52,7 @@ def load_spec(path: Path) -> Spec:
     except yaml.YAMLError as exc:
         raise UsageError(f"{path} is not valid YAML: {exc}") from None
     validate(doc, node, str(path))
-    return _to_spec(doc)
+    return replace(_to_spec(doc), base_dir=path.parent)
 
 
 def validate(doc: Any, node: Optional[yaml.Node], origin: str) -> None:

@@ -216,7 +216,10 @@ def _inspect_lines(summary: Dict[str, Any]) -> List[str]:
             f"-> namespace {chart.get('namespace')}"
         )
     for item in summary["files"]:
-        source = item["source"].get("url", "local file")
+        origin = item["source"]
+        source = (
+            origin.get("url") or origin.get("images") or origin.get("generated") or "local file"
+        )
         out.append(
             f"  {item['kind']:<18} {item['arch'] or '-':<6} "
             f"{human_size(item['size']):>10}  {item['path']}"

@@ -1,0 +1,409 @@
+"""The one client for OCI registries: oras-py's Registry with its pitfalls fixed in one place.
+
+oras-py 0.2.43 retries any failure for 131 s with no request timeout, keeps one bearer token per
+client (a second repository then gets 401), crashes with Basic auth and no credentials, returns
+manifests parsed (their bytes and digests lost) and never verifies blobs. Here every request has
+the FetchSettings timeouts and our bounded retries, the auth scheme comes from the registry's
+/v2/ challenge, bearer tokens are kept per repository, manifests come back as raw bytes checked
+against their digest, and blobs are streamed into the Cache and admitted only when verified.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from http.cookiejar import DefaultCookiePolicy
+from pathlib import Path
+from typing import Any, Callable, Collection, Dict, Mapping, Optional, Sequence, Tuple, TypeVar
+
+import oras.auth  # type: ignore[import-untyped]
+import oras.provider  # type: ignore[import-untyped]
+import requests
+
+from k3bundle.installer.errors import FetchError, IntegrityError, UsageError
+
+from .cache import Cache
+from .fetch import _RETRY_STATUS, _TRANSIENT, BUFFER, USER_AGENT, FetchSettings, NotFoundError
+from .fetch import _hash_prefix as hash_prefix
+from .reference import DOCKER_HUB, Reference
+
+Credentials = Tuple[str, str]
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MANIFEST_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
+MAX_MANIFEST = 4 << 20  # distribution refuses larger manifests too
+INSECURE_HINT = "If {host} serves plain HTTP, mark it insecure (--insecure-registry {host})."
+AUTH_HINT = (
+    "Pass --registry-auth {host}=USER:PASSWORD (or log in with 'docker login {host}'), "
+    "and check the image name: registries answer 'unauthorized' for names that do not exist."
+)
+_T = TypeVar("_T")
+DEFAULT_SETTINGS = FetchSettings()
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A manifest as the registry sent it: media type, sha256 digest and the exact bytes."""
+
+    media_type: str
+    digest: str
+    data: bytes
+
+
+class _BoundedSession(requests.Session):
+    """A session whose every request (oras' token requests too) has our timeouts."""
+
+    def __init__(self, timeout: Tuple[float, float]) -> None:
+        super().__init__()
+        self.timeout = timeout
+        self.headers["User-Agent"] = USER_AGENT
+        self.headers["Accept-Encoding"] = "identity"  # blobs are compressed; keep offsets true
+        self.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+
+    def request(
+        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        """requests.Session.request with a default timeout."""
+        kwargs.setdefault("timeout", self.timeout)
+        return super().request(method, url, *args, **kwargs)
+
+
+class _ScopedTokenAuth(oras.auth.TokenAuth):  # type: ignore[misc]
+    """Bearer auth that fetches a token for the scope asked for instead of resending the last."""
+
+    def authenticate_request(
+        self, original: requests.Response, headers: Dict[str, str], refresh: bool = False
+    ) -> Any:
+        """Always a fresh token for the challenge's scope (oras keeps one token per client)."""
+        return super().authenticate_request(original, headers, refresh=True)
+
+
+oras.auth.auth_backends.setdefault("k3b-scoped-token", _ScopedTokenAuth)
+
+
+class _Oras(oras.provider.Registry):  # type: ignore[misc]
+    """oras' Registry without its retry decorator (sleeps of 3..83 s, 131 s in all)."""
+
+    do_request = oras.provider.Registry.do_request.__wrapped__
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, delay: Optional[float] = None) -> None:
+        super().__init__(reason)
+        self.reason, self.delay = reason, delay
+
+
+def registry_host(name: str) -> str:
+    """A registry host as k3bundle compares them: no scheme or path, lowercase, Hub as docker.io."""
+    host = name.strip().lower().split("://", 1)[-1].split("/", 1)[0]
+    return DOCKER_HUB if host in ("index.docker.io", "registry-1.docker.io") else host
+
+
+def parse_registry_auth(values: Sequence[str]) -> Dict[str, Credentials]:
+    """`--registry-auth HOST=USER:PASSWORD` values as {host: (user, password)}."""
+    found: Dict[str, Credentials] = {}
+    for value in values:
+        host, equals, userpass = value.partition("=")
+        user, colon, password = userpass.partition(":")
+        if not (equals and colon and host.strip() and user):
+            raise UsageError(
+                f"--registry-auth {host}=…: expected HOST=USER:PASSWORD",
+                "For example --registry-auth ghcr.io=me:TOKEN (quote it for the shell).",
+            )
+        found[registry_host(host)] = (user, password)
+    return found
+
+
+def docker_config_auths(path: Path) -> Dict[str, Credentials]:
+    """Credentials from a docker config.json "auths" (base64 "auth"); helpers are ignored."""
+    try:
+        config = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"cannot read the docker config {path}: {exc}",
+            "Fix or move the file, or pass --registry-auth HOST=USER:PASSWORD instead.",
+        ) from None
+    auths = config.get("auths") if isinstance(config, dict) else None
+    found: Dict[str, Credentials] = {}
+    for host, entry in (auths if isinstance(auths, dict) else {}).items():
+        encoded = entry.get("auth") if isinstance(entry, dict) else None
+        try:
+            user, colon, password = base64.b64decode(str(encoded or "")).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            continue  # an entry we cannot read is one we do not use
+        if colon and user:
+            found[registry_host(host)] = (user, password)
+    return found
+
+
+class RegistryClient:
+    """Manifests (raw, verified) and blobs (streamed into the Cache, verified) from registries."""
+
+    def __init__(
+        self,
+        settings: FetchSettings = DEFAULT_SETTINGS,
+        insecure: Collection[str] = (),
+        auth: Mapping[str, Credentials] = {},
+        docker_config: Optional[Path] = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        logging.getLogger("oras.logger").setLevel(logging.CRITICAL)  # errors are ours to report
+        self.settings, self._sleep = settings, sleep
+        self._insecure = {registry_host(host) for host in insecure}
+        self._auth = {registry_host(host): creds for host, creds in auth.items()}
+        self._docker_config = docker_config or Path("~/.docker/config.json").expanduser()
+        self._config_auths: Optional[Dict[str, Credentials]] = None
+        self._challenges: Dict[str, str] = {}
+        self._local = threading.local()
+        self.transferred = 0
+
+    # --- public API -------------------------------------------------------------------------
+
+    def get_manifest(self, ref: Reference, reference: Optional[str] = None) -> Fetched:
+        """GET a manifest or index by tag or digest; the exact bytes, checked against the digest."""
+        wanted = reference or ref.reference
+        return self._with_retries(ref, lambda: self._get_manifest_once(ref, wanted))
+
+    def fetch_blob(self, ref: Reference, digest: str, size: int, cache: Cache) -> Path:
+        """A blob of `ref` in the cache: from it when present, else streamed and verified."""
+        hexdigest = _sha256_hex(ref, digest)
+        with cache.claim(hexdigest):
+            cached = cache.lookup(hexdigest)
+            if cached is not None:
+                return cached
+            if self.settings.offline:
+                raise FetchError(
+                    f"--offline: blob {digest} of {ref.name} is not in the cache {cache.root}",
+                    "Run the same build once with network access to fill the cache.",
+                )
+            return self._with_retries(
+                ref, lambda: self._fetch_blob_once(ref, hexdigest, size, cache)
+            )
+
+    # --- manifests ----------------------------------------------------------------------------
+
+    def _get_manifest_once(self, ref: Reference, wanted: str) -> Fetched:
+        url = self._url(ref, f"manifests/{wanted}")
+        headers = {"Accept": ", ".join(MANIFEST_TYPES)}
+        with self._request(ref, url, headers) as response:
+            if response.status_code == 404:
+                kind = "manifest" if wanted.startswith("sha256:") else "tag"
+                raise NotFoundError(
+                    f"no {kind} {wanted} in {ref.registry}/{ref.repository} (asked for {ref.name})",
+                    "Check the image name and tag; the registry has no such manifest.",
+                )
+            self._check_status(ref, response)
+            data = response.raw.read(MAX_MANIFEST + 1, decode_content=True)
+            content_type = response.headers.get("Content-Type", "")
+            expected = response.headers.get("Docker-Content-Digest", "")
+        if len(data) > MAX_MANIFEST:
+            raise FetchError(
+                f"the manifest of {ref.name} is larger than 4 MiB", "Check the image name."
+            )
+        digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        expected = wanted if wanted.startswith("sha256:") else expected
+        if expected.startswith("sha256:") and expected != digest:
+            raise IntegrityError(
+                f"the manifest of {ref.name} does not match its digest: "
+                f"expected {expected}, got {digest}",
+                "The registry (or a proxy in between) changed the manifest; nothing was kept.",
+            )
+        return Fetched(_media_type(ref, data, content_type), digest, data)
+
+    # --- blobs --------------------------------------------------------------------------------
+
+    def _fetch_blob_once(self, ref: Reference, hexdigest: str, size: int, cache: Cache) -> Path:
+        partial = cache.partial(hexdigest)
+        have = partial.stat().st_size if partial.exists() else 0
+        have = have if 0 < have < size else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        url = self._url(ref, f"blobs/sha256:{hexdigest}")
+        with self._request(ref, url, headers) as response:
+            if response.status_code == 404:
+                raise NotFoundError(
+                    f"blob sha256:{hexdigest} of {ref.name} is not in the registry",
+                    "The image is incomplete on the registry; push it again or pick another tag.",
+                )
+            if response.status_code == 416:
+                partial.unlink()
+                raise _Retry("the registry refused to resume (HTTP 416); starting over", 0)
+            self._check_status(ref, response)
+            offset = have if have and response.status_code == 206 else 0
+            actual = self._stream(response, partial, offset, size)
+        if actual != (hexdigest, size):
+            partial.unlink()
+            raise IntegrityError(
+                f"blob sha256:{hexdigest} of {ref.name} does not match: expected {size} bytes, "
+                f"got {actual[1]} bytes with sha256 {actual[0]}",
+                "The registry's copy is damaged or was replaced; nothing was cached.",
+            )
+        return cache.admit(partial, hexdigest)
+
+    def _stream(
+        self, response: requests.Response, partial: Path, offset: int, size: int
+    ) -> Tuple[str, int]:
+        digest, written = hash_prefix(partial, offset), offset
+        with open(partial, "r+b" if offset else "wb") as out:
+            out.seek(offset)
+            out.truncate()
+            buffer = memoryview(bytearray(BUFFER))  # one reused buffer, as bundler/fetch.py does
+            while written <= size:
+                count = response.raw.readinto(buffer)
+                if not count:
+                    break
+                out.write(buffer[:count])
+                digest.update(buffer[:count])
+                written += count
+                self.transferred += count
+        return digest.hexdigest(), written
+
+    # --- requests, auth, retries --------------------------------------------------------------
+
+    def _with_retries(self, ref: Reference, once: Callable[[], _T]) -> _T:
+        for attempt in range(self.settings.retries + 1):
+            try:
+                return once()
+            except _Retry as retry:
+                reason, delay = retry.reason, retry.delay
+            except requests.exceptions.SSLError as exc:  # a ConnectionError, but not transient
+                raise FetchError(
+                    f"TLS failed talking to {ref.endpoint} for {ref.name}: {exc}",
+                    INSECURE_HINT.format(host=ref.registry),
+                ) from None
+            except _TRANSIENT as exc:  # also raised mid-body, while a blob streams
+                reason, delay = f"{type(exc).__name__}: {exc}", None
+            if attempt >= self.settings.retries:
+                raise FetchError(
+                    f"giving up on {ref.name} after {attempt + 1} attempts: {reason}",
+                    f"Check the network and the registry address {ref.endpoint}, then build "
+                    "again: finished blobs are cached and an interrupted one resumes.",
+                )
+            delay = self.settings.backoff * 2**attempt if delay is None else delay
+            self._sleep(min(delay, self.settings.max_backoff))
+        raise AssertionError("unreachable")
+
+    def _request(self, ref: Reference, url: str, headers: Dict[str, str]) -> requests.Response:
+        """One GET through oras (which answers a 401 challenge once), bearer token per repo."""
+        client, tokens = self._client(ref)
+        key = f"{ref.endpoint}/{ref.repository}"
+        bearer = isinstance(client.auth, _ScopedTokenAuth)
+        if bearer:
+            client.auth.token = tokens.get(key)
+        elif isinstance(client.auth, oras.auth.BasicAuth):
+            headers.update(client.auth.get_auth_header())  # spare the 401 round trip
+        try:
+            response: requests.Response = client.do_request(
+                url, "GET", headers=headers, stream=True
+            )
+        except ValueError:  # oras: no token came back from the token server
+            raise self._denied(ref, "the token server gave no token") from None
+        if bearer:
+            tokens[key] = client.auth.token
+        return response
+
+    def _client(self, ref: Reference) -> Tuple[_Oras, Dict[str, Optional[str]]]:
+        # requests sessions and oras' token state are not thread-safe: one set per thread.
+        if not hasattr(self._local, "clients"):
+            self._local.clients, self._local.tokens = {}, {}
+        clients: Dict[str, _Oras] = self._local.clients
+        if ref.endpoint not in clients:
+            clients[ref.endpoint] = self._new_client(ref)
+        return clients[ref.endpoint], self._local.tokens
+
+    def _new_client(self, ref: Reference) -> _Oras:
+        scheme = self._challenge(ref)
+        credentials = self._credentials(ref)
+        if scheme == "basic" and credentials is None:
+            raise self._denied(ref, "the registry wants a user name and password")
+        backend = "basic" if scheme == "basic" else "k3b-scoped-token"
+        client = _Oras(ref.endpoint, insecure=self._is_insecure(ref), auth_backend=backend)
+        client.session = client.auth.session = _BoundedSession(self.settings.timeout)
+        if credentials is not None:
+            client.auth.set_basic_auth(*credentials)
+        return client
+
+    def _challenge(self, ref: Reference) -> str:
+        """The auth scheme /v2/ asks for ("none", "basic" or "bearer"), once per endpoint."""
+        if ref.endpoint not in self._challenges:
+            self._challenges[ref.endpoint] = self._with_retries(ref, lambda: self._probe(ref))
+        return self._challenges[ref.endpoint]
+
+    def _probe(self, ref: Reference) -> str:
+        scheme = "http" if self._is_insecure(ref) else "https"
+        session = _BoundedSession(self.settings.timeout)
+        with session, session.get(f"{scheme}://{ref.endpoint}/v2/", stream=True) as response:
+            status, challenge = response.status_code, response.headers.get("Www-Authenticate")
+        if status in _RETRY_STATUS:
+            raise _Retry(f"HTTP {status} from {ref.endpoint}/v2/")
+        if status == 401 and challenge:
+            return challenge.split(" ", 1)[0].lower()
+        if status < 400:
+            return "none"
+        raise FetchError(
+            f"{ref.endpoint} is not an OCI registry (HTTP {status} on /v2/) for {ref.name}",
+            "Check the registry host in the image name.",
+        )
+
+    def _check_status(self, ref: Reference, response: requests.Response) -> None:
+        status = response.status_code
+        if status in _RETRY_STATUS:
+            after = response.headers.get("Retry-After", "")
+            raise _Retry(f"HTTP {status}", float(after) if after.isdigit() else None)
+        if status in (401, 403):
+            raise self._denied(ref, f"HTTP {status}")
+        if status >= 400:
+            raise FetchError(
+                f"{ref.endpoint} answered HTTP {status} for {ref.name}",
+                "Check the image name and your access to the registry.",
+            )
+
+    def _denied(self, ref: Reference, why: str) -> FetchError:
+        found = "with the credentials found" if self._credentials(ref) else "without credentials"
+        return FetchError(
+            f"access denied to {ref.name} {found} ({why})", AUTH_HINT.format(host=ref.registry)
+        )
+
+    def _credentials(self, ref: Reference) -> Optional[Credentials]:
+        host = registry_host(ref.registry)
+        if host in self._auth:
+            return self._auth[host]
+        if self._config_auths is None:
+            self._config_auths = docker_config_auths(self._docker_config)
+        return self._config_auths.get(host)
+
+    def _is_insecure(self, ref: Reference) -> bool:
+        return registry_host(ref.registry) in self._insecure
+
+    def _url(self, ref: Reference, path: str) -> str:
+        scheme = "http" if self._is_insecure(ref) else "https"
+        return f"{scheme}://{ref.endpoint}/v2/{ref.repository}/{path}"
+
+
+def _sha256_hex(ref: Reference, digest: str) -> str:
+    algorithm, _, hexdigest = digest.partition(":")
+    if algorithm != "sha256" or len(hexdigest) != 64:
+        raise IntegrityError(
+            f"unsupported digest {digest!r} in {ref.name}",
+            "k3bundle verifies sha256 digests only.",
+        )
+    return hexdigest
+
+
+def _media_type(ref: Reference, data: bytes, content_type: str) -> str:
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        raise FetchError(f"the manifest of {ref.name} is not JSON", "") from None
+    declared = parsed.get("mediaType") if isinstance(parsed, dict) else None
+    # umoci and Helm write OCI manifests without mediaType; the header is all there is then.
+    return declared if isinstance(declared, str) else content_type.split(";", 1)[0].strip()
