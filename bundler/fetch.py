@@ -26,8 +26,8 @@ from .cache import Cache
 CHUNK = 1 << 20
 BUFFER = 4 << 20
 USER_AGENT = "k3bundle/0.1 (+https://github.com/k3s-io/k3s air-gap bundler)"
-_RETRY_STATUS = {429, 500, 502, 503, 504}
-_TRANSIENT = (
+RETRY_STATUS = {429, 500, 502, 503, 504}
+TRANSIENT = (
     requests.ConnectionError,
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
@@ -136,7 +136,7 @@ class Fetcher:
     def _get_text_once(self, url: str) -> str:
         try:
             response = self._session().get(url, timeout=self.settings.timeout)
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             raise _Retry(f"{type(exc).__name__}: {exc}") from None
         self._check_status(response, url)
         return response.text
@@ -187,7 +187,7 @@ class Fetcher:
         self._sleep(delay)
 
     def _check_status(self, response: requests.Response, url: str) -> None:
-        if response.status_code in _RETRY_STATUS:
+        if response.status_code in RETRY_STATUS:
             after = response.headers.get("Retry-After", "")
             raise _Retry(f"HTTP {response.status_code}", float(after) if after.isdigit() else None)
         if response.status_code == 404:
@@ -214,13 +214,13 @@ class Fetcher:
                 self._check_status(response, download.url)
                 resumed = have > 0 and response.status_code == 206
                 return self._stream(download, response, partial, have if resumed else 0)
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             raise _Retry(f"{type(exc).__name__}: {exc}") from None
 
     def _stream(
         self, download: Download, response: requests.Response, partial: Path, offset: int
     ) -> Path:
-        digest = _hash_prefix(partial, offset)
+        digest = hash_prefix(partial, offset)
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
         self.events.started(download, total, offset)
@@ -254,7 +254,8 @@ class Fetcher:
         return path
 
 
-def _hash_prefix(path: Path, size: int) -> hashlib._Hash:
+def hash_prefix(path: Path, size: int) -> hashlib._Hash:
+    """A sha256 object fed the first `size` bytes of `path` (to resume a partial download)."""
     digest = hashlib.sha256()
     if size:
         with open(path, "rb") as handle:

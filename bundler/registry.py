@@ -29,8 +29,15 @@ import requests
 from k3bundle.installer.errors import FetchError, IntegrityError, UsageError
 
 from .cache import Cache
-from .fetch import _RETRY_STATUS, _TRANSIENT, BUFFER, USER_AGENT, FetchSettings, NotFoundError
-from .fetch import _hash_prefix as hash_prefix
+from .fetch import (
+    BUFFER,
+    RETRY_STATUS,
+    TRANSIENT,
+    USER_AGENT,
+    FetchSettings,
+    NotFoundError,
+    hash_prefix,
+)
 from .reference import DOCKER_HUB, Reference
 
 Credentials = Tuple[str, str]
@@ -280,7 +287,7 @@ class RegistryClient:
                     f"TLS failed talking to {ref.endpoint} for {ref.name}: {exc}",
                     INSECURE_HINT.format(host=ref.registry),
                 ) from None
-            except _TRANSIENT as exc:  # also raised mid-body, while a blob streams
+            except TRANSIENT as exc:  # also raised mid-body, while a blob streams
                 reason, delay = f"{type(exc).__name__}: {exc}", None
             if attempt >= self.settings.retries:
                 raise FetchError(
@@ -343,7 +350,7 @@ class RegistryClient:
         session = _BoundedSession(self.settings.timeout)
         with session, session.get(f"{scheme}://{ref.endpoint}/v2/", stream=True) as response:
             status, challenge = response.status_code, response.headers.get("Www-Authenticate")
-        if status in _RETRY_STATUS:
+        if status in RETRY_STATUS:
             raise _Retry(f"HTTP {status} from {ref.endpoint}/v2/")
         if status == 401 and challenge:
             return challenge.split(" ", 1)[0].lower()
@@ -356,7 +363,7 @@ class RegistryClient:
 
     def _check_status(self, ref: Reference, response: requests.Response) -> None:
         status = response.status_code
-        if status in _RETRY_STATUS:
+        if status in RETRY_STATUS:
             after = response.headers.get("Retry-After", "")
             raise _Retry(f"HTTP {status}", float(after) if after.isdigit() else None)
         if status in (401, 403):

@@ -37,13 +37,13 @@ class Containerd:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.socket = folder / "containerd.sock"
-        self._process: Optional["subprocess.Popen[bytes]"] = None
+        self._process: Optional[subprocess.Popen[bytes]] = None
 
-    def __enter__(self) -> "Containerd":
+    def __enter__(self) -> Containerd:
         self.folder.mkdir(parents=True, exist_ok=True)
         config = self.folder / "config.toml"
         config.write_text(CONFIG.format(root=self.folder))
-        log = open(self.folder / "containerd.log", "wb")  # noqa: SIM115
+        log = open(self.folder / "containerd.log", "wb")
         self._process = subprocess.Popen(
             ["containerd", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
         )
@@ -68,12 +68,16 @@ class Containerd:
         log = (self.folder / "containerd.log").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"containerd did not start:\n{log}")
 
-    def ctr(self, *args: str, check: bool = True, stdin: Optional[bytes] = None) -> "subprocess.CompletedProcess[bytes]":
+    def ctr(
+        self, *args: str, check: bool = True, stdin: Optional[bytes] = None
+    ) -> subprocess.CompletedProcess[bytes]:
         """Run `ctr -a SOCKET -n k8s.io ARGS`."""
         command = ["ctr", "-a", str(self.socket), "-n", "k8s.io", *args]
         done = subprocess.run(command, input=stdin, capture_output=True, check=False)
         if check and done.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.decode(errors='replace')}")
+            raise RuntimeError(
+                f"{' '.join(command)} failed: {done.stderr.decode(errors='replace')}"
+            )
         return done
 
     def import_archive(self, archive: Path, arch: str) -> None:

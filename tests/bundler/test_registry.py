@@ -26,7 +26,6 @@ from k3bundle.bundler.registry import (
     parse_registry_auth,
 )
 from k3bundle.installer.errors import FetchError, IntegrityError, UsageError
-from tests import oci_registry
 from tests.oci_registry import (
     PASSWORD,
     USER,
@@ -42,14 +41,6 @@ from tests.oci_registry import (
     running_registry,
     write_docker_config,
 )
-
-# The shared fixtures (a conftest may import them instead; then drop these lines).
-registry = oci_registry.registry
-basic_registry = oci_registry.basic_registry
-token_registry = oci_registry.token_registry
-image_layout = oci_registry.image_layout
-pushed_images = oci_registry.pushed_images
-docker_home = oci_registry.docker_home
 
 FAST = 5.0  # seconds: oras' own retries would take 131 s
 NO_CONFIG = Path("/nonexistent/k3b/config.json")
