@@ -9,13 +9,37 @@ TYPECHECK := .typecheck
 # The folders mapped to k3bundle.<name> by [tool.setuptools.package-dir] in pyproject.toml.
 PACKAGES  := $(foreach p,bundler installer manifests,$(if $(wildcard $(p)/__init__.py),$(p)))
 
-.PHONY: install test lint bench clean typecheck-tree demo
+# Debian packages the tests use: openssl (the openssl signature path), systemd (systemd-analyze
+# verify), shellcheck (the generated scripts), zstd and tar, docker-registry (a real OCI
+# registry), skopeo + umoci (test images built in the run), containerd + runc (ctr images
+# import), apache2-utils (htpasswd), curl, python3-venv (for Debian's own python3).
+APT_PACKAGES := openssl systemd shellcheck zstd tar docker-registry skopeo umoci containerd runc \
+	apache2-utils curl python3-venv
 
-install:
+.PHONY: install deps test lint bench clean typecheck-tree demo
+
+# The venv is rebuilt only when pyproject.toml changes.
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
+	touch $@
 
-test:
+# Installs only the packages that are missing (needs root and Debian's package mirrors).
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "apt-get install$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# The tests start the registries and containerd they need themselves (CI starts one registry
+# up front and shares it through K3B_TEST_REGISTRY).
+test: install deps
 	$(BIN)/python -m pytest
 
 typecheck-tree:
