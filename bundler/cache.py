@@ -67,7 +67,8 @@ class Cache:
     def remember(self, key: str, text: str) -> None:
         """Keep a small text (a checksum file, a channel answer) for --offline builds."""
         path = self._index_path(key)
-        tmp = path.with_name(path.name + ".tmp")
+        # Unique per thread: image pulls of one reference for several arches run in parallel.
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(text, "utf-8")
         os.replace(tmp, path)
 

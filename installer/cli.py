@@ -12,13 +12,16 @@ import os
 import shlex
 import sys
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import EXIT_CODES, K3BundleError, UsageError
 from .install import install
+from .lifecycle import rollback, status, uninstall
 from .plan import Options
 from .progress import Progress, TextProgress, human_size
+from .service import run_command
 from .verify import inspect_bundle, verify_bundle
+from .yaml_subset import load_config_file
 
 ProgressFactory = Callable[[], Progress]
 
@@ -60,9 +63,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="{install,verify,inspect}")
+    sub = parser.add_subparsers(
+        dest="command", metavar="{install,verify,inspect,status,rollback,uninstall}"
+    )
     sub.required = True
     _install_parser(sub)
+    _lifecycle_parsers(sub)
     verify = sub.add_parser(
         "verify", help="check signature and every byte without installing", epilog=EPILOG
     )
@@ -105,9 +111,80 @@ def _install_parser(sub: Any) -> None:
     parser.add_argument(
         "--exec",
         dest="exec_args",
-        default="",
+        default=None,
         metavar="ARGS",
-        help='extra k3s server arguments, e.g. "--disable=traefik"',
+        help='extra k3s arguments, e.g. "--disable=traefik" (default: as installed before)',
+    )
+    _role_options(parser)
+    _config_options(parser)
+    parser.add_argument(
+        "--allow-downgrade", action="store_true", help="install an older k3s than the installed one"
+    )
+    parser.add_argument(
+        "--adopt", action="store_true", help="take over a k3s installed by other means"
+    )
+
+
+def _lifecycle_parsers(sub: Any) -> None:
+    status_parser = sub.add_parser(
+        "status", help="what is installed, and whether the files still match", epilog=EPILOG
+    )
+    _root_only(status_parser)
+    status_parser.add_argument("--json", action="store_true", help="print JSON on stdout")
+    rollback_parser = sub.add_parser(
+        "rollback", help="restore the previous generation exactly", epilog=EPILOG
+    )
+    _root_only(rollback_parser)
+    rollback_parser.add_argument(
+        "--no-start", action="store_true", help="do not restart the service"
+    )
+    uninstall_parser = sub.add_parser(
+        "uninstall", help="remove exactly what k3bundle installed", epilog=EPILOG
+    )
+    _root_only(uninstall_parser)
+    uninstall_parser.add_argument(
+        "--purge", action="store_true", help="also delete k3s's data, as k3s-uninstall.sh does"
+    )
+    uninstall_parser.add_argument(
+        "--dry-run", action="store_true", help="print what would go; change nothing"
+    )
+
+
+def _root_only(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", default="/", metavar="DIR", help="act under DIR (default: /)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show a traceback on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
+
+
+def _role_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--role", choices=("server", "agent"), help="server (default) or agent; kept on upgrades"
+    )
+    parser.add_argument(
+        "--server", dest="server_url", metavar="URL", help="join this server: https://HOST:6443"
+    )
+    parser.add_argument(
+        "--cluster-init",
+        action="store_true",
+        help="first server of an embedded-etcd HA cluster",
+    )
+
+
+def _config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="k3s config (YAML or JSON) merged over the bundle's defaults into config.yaml",
+    )
+    parser.add_argument(
+        "--node-label", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    parser.add_argument("--tls-san", action="append", default=[], metavar="NAME", help="repeatable")
+    parser.add_argument("--node-name", metavar="NAME", help="this node's name in the cluster")
+    parser.add_argument(
+        "--image-cache",
+        action="store_true",
+        help="create agent/images/.cache.json so k3s skips re-importing unchanged archives",
     )
 
 
@@ -137,6 +214,17 @@ def _progress(args: argparse.Namespace, factory: Optional[ProgressFactory]) -> P
 
 
 def _dispatch(args: argparse.Namespace, progress: Progress) -> int:
+    if args.command == "status":
+        return _status(args)
+    if args.command == "rollback":
+        done = rollback(args.root, _reporter(args), run_command, args.no_start)
+        print(f"Rolled back: k3s {done['from']} -> {done['to']}.")
+        return 0
+    if args.command == "uninstall":
+        removed = uninstall(args.root, _reporter(args), run_command, args.purge, args.dry_run)
+        verb = "would remove" if args.dry_run else "removed"
+        print(f"Uninstalled: {verb} {len(removed)} paths under {args.root}.")
+        return 0
     if args.command == "inspect":
         summary = inspect_bundle(args.bundle)
         _emit(summary, args.json, _inspect_lines)
@@ -149,10 +237,6 @@ def _dispatch(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def _install(args: argparse.Namespace, progress: Progress) -> int:
-    try:
-        exec_args = tuple(shlex.split(args.exec_args))
-    except ValueError as exc:
-        raise UsageError(f"cannot split --exec {args.exec_args!r}: {exc}") from None
     options = Options(
         bundle=args.bundle,
         root=args.root,
@@ -163,17 +247,26 @@ def _install(args: argparse.Namespace, progress: Progress) -> int:
         no_start=args.no_start,
         token=args.token,
         token_file=args.token_file,
-        exec_args=exec_args,
+        exec_args=_split_exec(args.exec_args),
+        role=args.role,
+        server_url=args.server_url,
+        cluster_init=args.cluster_init,
+        config=load_config_file(args.config) if args.config else None,
+        node_labels=tuple(args.node_label),
+        tls_sans=tuple(args.tls_san),
+        node_name=args.node_name,
+        image_cache=args.image_cache,
+        allow_downgrade=args.allow_downgrade,
+        adopt=args.adopt,
         environ=dict(os.environ),
     )
-    report = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
-    outcome = install(options, report, progress)
+    outcome = install(options, _reporter(args), progress)
     if args.dry_run:
         print(f"Dry run: {len(outcome.placed)} changes would be made; nothing was changed.")
     elif outcome.changed:
         print(
-            f"Installed k3s {outcome.version} ({outcome.arch}) under {args.root}: "
-            f"{len(outcome.placed)} written, {len(outcome.unchanged)} unchanged."
+            f"Installed k3s {outcome.version} ({outcome.arch}, {outcome.service}) under "
+            f"{args.root}: {len(outcome.placed)} written, {len(outcome.unchanged)} unchanged."
         )
     else:
         print(
@@ -181,6 +274,47 @@ def _install(args: argparse.Namespace, progress: Progress) -> int:
             f"as this bundle describes ({len(outcome.unchanged)} files and links checked)."
         )
     return 0
+
+
+def _split_exec(text: Optional[str]) -> Optional[Tuple[str, ...]]:
+    if text is None:
+        return None
+    try:
+        return tuple(shlex.split(text))
+    except ValueError as exc:
+        raise UsageError(f"cannot split --exec {text!r}: {exc}") from None
+
+
+def _reporter(args: argparse.Namespace) -> Callable[[str], None]:
+    if args.quiet:
+        return lambda line: None
+    return lambda line: print(line, file=sys.stderr)
+
+
+def _status(args: argparse.Namespace) -> int:
+    summary = status(args.root, _reporter(args))
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    elif not summary["installed"]:
+        print(f"k3s is not installed by k3bundle under {args.root}")
+    else:
+        print("\n".join(_status_lines(summary)))
+    return 0 if not summary.get("installed") or summary.get("intact") else 9
+
+
+def _status_lines(summary: Dict[str, Any]) -> List[str]:
+    bad = [f for f in summary["files"] if f["state"] != "ok"]
+    previous = (summary.get("previous") or {}).get("k3s_version") or "none"
+    lines = [
+        f"k3s version:   {summary['k3s_version']} ({summary['arch']}, {summary['role']})",
+        f"bundle id:     {summary['bundle_id']}",
+        f"service:       {summary['service']}",
+        f"previous:      {previous} (k3bundle rollback restores it)",
+        f"files:         {len(summary['files'])} recorded, "
+        + ("all match the record" if not bad else f"{len(bad)} do not match"),
+    ]
+    lines += [f"  {item['state']}: {item['path']}" for item in bad]
+    return lines
 
 
 def _emit(

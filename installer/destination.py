@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import IO, Any, Callable, Dict, Iterable, List, Mapping, Optional, Set
 
 from .errors import InstallError
 from .plan import LINKED_COMMANDS, Link, Placement
@@ -77,6 +77,35 @@ class HostDestination:
         path = self.path(link.path)
         return path.is_symlink() and os.readlink(path) == link.target
 
+    def staged_path(self, target: str) -> Path:
+        """The temporary name a target is written under until the commit."""
+        final = self.path(target)
+        return final.with_name(f".{final.name}.k3bundle-tmp")
+
+    def missing_dirs(self, targets: Iterable[str]) -> List[str]:
+        """Host folders that staging these targets would create, parents first."""
+        missing: List[str] = []
+        for target in targets:
+            folder, chain = self.path(target).parent, []
+            while not folder.exists():
+                chain.append(str(folder))
+                folder = folder.parent
+            missing.extend(p for p in reversed(chain) if p not in missing)
+        return missing
+
+    def read_env(self, target: str) -> Dict[str, str]:
+        """KEY="value" lines of an env file we wrote (empty when missing)."""
+        try:
+            lines = self.path(target).read_text("utf-8").splitlines()
+        except OSError:
+            return {}
+        found: Dict[str, str] = {}
+        for line in lines:
+            key, equals, value = line.partition("=")
+            if equals and key.strip():
+                found[key.strip()] = _unquote(value.strip())
+        return found
+
     def stage(self, placement: Placement, chunks: Iterable[memoryview], progress: Progress) -> Path:
         """Write chunks to a temporary name beside the target.
 
@@ -86,7 +115,7 @@ class HostDestination:
         """
         final = self.path(placement.target)
         self._make_dirs(final.parent)
-        tmp = final.with_name(f".{final.name}.k3bundle-tmp")
+        tmp = self.staged_path(placement.target)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, placement.mode)
         except OSError as exc:
@@ -98,24 +127,6 @@ class HostDestination:
                 progress(len(chunk))
             os.fchmod(out.fileno(), placement.mode)
         return final
-
-    def commit(self, links: Tuple[Link, ...]) -> None:
-        """Rename every staged file into place, then create the links."""
-        for staged in self._staged:
-            os.replace(staged.tmp, staged.final)
-        self._staged.clear()
-        for link in links:
-            self._link(link)
-        self._created_dirs.clear()
-
-    def _link(self, link: Link) -> None:
-        path = self.path(link.path)
-        self._make_dirs(path.parent)
-        tmp = path.with_name(f".{path.name}.k3bundle-tmp")
-        if tmp.is_symlink() or tmp.exists():
-            tmp.unlink()
-        os.symlink(link.target, tmp)
-        os.replace(tmp, path)
 
     def abort(self) -> None:
         """Remove staged files and the folders this destination created."""
@@ -141,6 +152,19 @@ class HostDestination:
                     f"cannot create {path}: {exc.strerror}", "Run as root."
                 ) from None
             self._created_dirs.append(path)
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        out, escaped = [], False
+        for char in value[1:-1]:
+            if escaped or char != "\\":
+                out.append(char)
+                escaped = False
+            else:
+                escaped = True
+        return "".join(out)
+    return value
 
 
 def _write_all(out: IO[bytes], view: memoryview) -> None:

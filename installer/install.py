@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import platform
-import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, List, Sequence, Set
+from typing import List, Set, Tuple
 
+from . import units
 from .destination import HostDestination
-from .errors import InstallError
 from .manifest import arch_from_machine, check_arch
-from .plan import RECORD_PATH, Options, Plan, plan_install
+from .plan import (
+    IMAGE_CACHE,
+    RECORD_PATH,
+    SYSTEMD_DIR,
+    USER_CONFIG,
+    HostSettings,
+    Options,
+    Plan,
+    plan_install,
+    resolve_host,
+)
+from .preflight import check_downgrade, check_foreign, check_space, choose_bin_dir
 from .progress import Progress, human_size
+from .service import Report, Runner, is_host_root, restart_commands, run_all, run_command
 from .sources import BundleSource
+from .transaction import Change, Journal
 from .verify import Authenticated, open_authenticated
-
-Report = Callable[[str], None]
-Runner = Callable[[Sequence[str]], None]
 
 
 @dataclass
@@ -37,21 +45,6 @@ class Outcome:
         return bool(self.placed)
 
 
-def run_command(command: Sequence[str]) -> None:
-    """Run a host command; raise InstallError with its output when it fails."""
-    try:
-        done = subprocess.run(list(command), capture_output=True, text=True, check=False)
-    except OSError as exc:
-        raise InstallError(
-            f"cannot run {command[0]}: {exc.strerror}", "Is systemd installed?"
-        ) from None
-    if done.returncode != 0:
-        raise InstallError(
-            f"'{' '.join(command)}' failed: {(done.stderr or done.stdout).strip()}",
-            "The files are in place; fix the service manager problem and run the command again.",
-        )
-
-
 def host_arch(options: Options) -> str:
     """The architecture to install: --arch, else the machine's own."""
     return check_arch(options.arch) if options.arch else arch_from_machine(platform.machine())
@@ -60,33 +53,103 @@ def host_arch(options: Options) -> str:
 def install(
     options: Options, report: Report, progress: Progress, runner: Runner = run_command
 ) -> Outcome:
-    """Verify the bundle and place everything it carries for this host, atomically."""
+    """Verify the bundle and place everything it carries for this host, all or nothing."""
+    journal = Journal(options.root)
+    recover(journal, report, options.dry_run)
     source, auth = open_authenticated(
         options.bundle, options.pubkeys, options.root, options.allow_unsigned
     )
     with source:
         dest = HostDestination(options.root)
-        plan = _plan(auth, options, dest)
+        plan, host = _plan(auth, options, dest)
         current = {p.target for p in plan.files if dest.is_current(p)}
+        check_space(dest.root, [p for p in plan.files if p.target not in current])
         outcome = Outcome(auth.manifest.k3s_version, plan.arch, plan.service)
+        change = _change(plan, current, dest)
+        if not options.dry_run:
+            journal.begin_staging(
+                [m[0] for m in change.moves], dest.missing_dirs(plan_targets(plan))
+            )
         try:
             _place(source, auth, plan, current, dest, options, progress)
         except BaseException:
             dest.abort()
+            journal.discard()
             raise
     _describe(plan, current, dest, options, outcome, report)
     if not options.dry_run:
-        links = tuple(link for link in plan.links if not dest.link_is_current(link))
-        dest.commit(links)
-    _manage_service(options, outcome, report, runner)
+        _commit(journal, change, dest, host)
+    if outcome.changed and is_host_root(options.root):
+        unit = f"{outcome.service}.service"
+        outcome.commands = restart_commands(unit, options.no_start)
+        run_all(outcome.commands, report, runner, options.dry_run)
+    else:
+        _say_service(options, outcome, report)
     return outcome
 
 
-def _plan(auth: Authenticated, options: Options, dest: HostDestination) -> Plan:
-    arch = host_arch(options)
+def recover(journal: Journal, report: Report, dry_run: bool = False) -> None:
+    """Finish or undo what an earlier, interrupted command left (not on a dry run)."""
+    if journal.pending() is None:
+        return
+    if dry_run:
+        report("note: an earlier command was interrupted; the next real run will finish it")
+        return
+    done = journal.recover()
+    if done:
+        report(f"note: {done}")
+
+
+def plan_targets(plan: Plan) -> List[str]:
+    """Every file target of a plan."""
+    return [p.target for p in plan.files]
+
+
+def _plan(
+    auth: Authenticated, options: Options, dest: HostDestination
+) -> Tuple[Plan, HostSettings]:
     previous = dest.read_json(RECORD_PATH)
+    check_downgrade(previous, auth.manifest.k3s_version, options.allow_downgrade)
+    check_foreign(dest.root, previous, options.adopt)
+    old_role = str((previous or {}).get("role") or "server")
+    old_env = dest.read_env(f"{SYSTEMD_DIR}/{units.service_name(old_role)}.service.env")
+    bin_dir = choose_bin_dir(dest.root, previous)
+    old_config = dest.read_json(USER_CONFIG)
+    host = resolve_host(options, auth.manifest, previous, old_env, bin_dir, old_config)
     commands = dest.existing_commands()
-    return plan_install(auth.manifest, auth.bundle_id, options, arch, commands, previous)
+    plan = plan_install(
+        auth.manifest, auth.bundle_id, options, host_arch(options), commands, previous, host
+    )
+    return plan, host
+
+
+def _change(plan: Plan, current: Set[str], dest: HostDestination) -> Change:
+    """The commit: staged files to move, old files and links to remove, what to keep."""
+    previous = dest.read_json(RECORD_PATH) or {}
+    targets = set(plan_targets(plan))
+    moves = [
+        (str(dest.staged_path(p.target)), p.target) for p in plan.files if p.target not in current
+    ]
+    removals = [str(f["path"]) for f in previous.get("files", []) if str(f["path"]) not in targets]
+    new_links = {link.path for link in plan.links}
+    old_links = [str(item["path"]) for item in previous.get("links", [])]
+    unlinks = [path for path in old_links if path not in new_links]
+    links = [(link.path, link.target) for link in plan.links if not dest.link_is_current(link)]
+    backups = [target for _, target in moves if dest.path(target).exists()] + removals
+    return Change(moves, removals, links, unlinks, backups)
+
+
+def _commit(journal: Journal, change: Change, dest: HostDestination, host: HostSettings) -> None:
+    if change.moves or change.removals or change.links or change.unlinks:
+        journal.commit(change)
+    else:
+        journal.discard()
+    if host.image_cache:
+        cache = dest.path(IMAGE_CACHE)
+        if not cache.exists():
+            # k3s only reads and rewrites .cache.json; it must exist for k3s to use it.
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.touch(mode=0o644)
 
 
 def _place(
@@ -130,7 +193,7 @@ def _describe(
         verb_link = "would link" if options.dry_run else "linked"
         _note(outcome, report, dest.link_is_current(link), f"{verb_link} {line}", line)
     for entry in plan.skipped:
-        report(f"skipped {entry.path} (not for this {plan.arch} {options.role})")
+        report(f"skipped {entry.path} (not for this {plan.arch} {plan.service} host)")
 
 
 def _note(outcome: Outcome, report: Report, unchanged: bool, changed_line: str, line: str) -> None:
@@ -142,27 +205,11 @@ def _note(outcome: Outcome, report: Report, unchanged: bool, changed_line: str, 
         report(changed_line)
 
 
-def _is_host_root(root: str) -> bool:
-    return Path(root).resolve() == Path("/")
-
-
-def _manage_service(options: Options, outcome: Outcome, report: Report, runner: Runner) -> None:
+def _say_service(options: Options, outcome: Outcome, report: Report) -> None:
     unit = f"{outcome.service}.service"
-    if not _is_host_root(options.root):
+    if not is_host_root(options.root):
         report(
             f"--root given: {unit} enabled by its wants link; no systemctl call, nothing started"
         )
-        return
-    if not outcome.changed:
-        report(f"no change detected, {unit} left as it is")
-        return
-    enable = (
-        ["systemctl", "enable", unit]
-        if options.no_start
-        else ["systemctl", "enable", "--now", "--no-block", unit]
-    )
-    for command in (["systemctl", "daemon-reload"], enable):
-        outcome.commands.append(command)
-        report(("would run: " if options.dry_run else "running: ") + " ".join(command))
-        if not options.dry_run:
-            runner(command)
+    else:
+        report(f"no change detected, {unit} left as it is (not restarted)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from . import units
 from .config import dump_yaml
@@ -24,6 +24,8 @@ RECORD_PATH = "/var/lib/k3bundle/record.json"
 RECORD_FORMAT = "k3bundle-record/v1"
 LINKED_COMMANDS = ("kubectl", "crictl", "ctr")
 SERVER_ONLY = ("chart", "helmchart-manifest")
+IMAGE_CACHE = f"{DATA_DIR}/agent/images/.cache.json"
+USER_CONFIG = "/var/lib/k3bundle/config-override.json"
 
 # kind → (target folder, mode); a None folder means the fixed path of the k3s binary.
 TARGETS: Mapping[str, Tuple[str, int]] = {
@@ -48,9 +50,32 @@ class Options:
     no_start: bool = False
     token: Optional[str] = None
     token_file: Optional[str] = None
-    exec_args: Tuple[str, ...] = ()
-    role: str = "server"
+    exec_args: Optional[Tuple[str, ...]] = None  # None: as the installed generation had it
+    role: Optional[str] = None  # None: as installed, else server
+    server_url: Optional[str] = None
+    cluster_init: bool = False
+    config: Optional[Mapping[str, Any]] = None  # --config FILE, parsed
+    node_labels: Tuple[str, ...] = ()
+    tls_sans: Tuple[str, ...] = ()
+    node_name: Optional[str] = None
+    image_cache: bool = False
+    allow_downgrade: bool = False
+    adopt: bool = False
     environ: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """What this install will write, resolved from the options, the bundle and the host."""
+
+    role: str = "server"
+    bin_dir: str = BIN_DIR
+    exec_args: Tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    image_cache: bool = False
+    remembered: Mapping[str, Any] = field(default_factory=dict)  # non-secret, for the record
+    user_config: Mapping[str, Any] = field(default_factory=dict)  # --config, kept for upgrades
 
 
 @dataclass(frozen=True)
@@ -101,11 +126,12 @@ class Plan:
         return None
 
 
-def target_of(entry: Entry) -> Tuple[str, int]:
+def target_of(entry: Entry, bin_dir: str = BIN_DIR) -> Tuple[str, int]:
     """Where a payload entry lands on the host and with which mode."""
     folder, mode = TARGETS[entry.kind]
-    name = "k3s" if entry.kind == "k3s-binary" else entry.name
-    return posixpath.join(folder, name), mode
+    if entry.kind == "k3s-binary":
+        return posixpath.join(bin_dir, "k3s"), mode
+    return posixpath.join(folder, entry.name), mode
 
 
 def plan_install(
@@ -115,23 +141,116 @@ def plan_install(
     arch: str,
     existing_commands: Set[str],
     previous: Optional[Mapping[str, Any]] = None,
+    host: Optional[HostSettings] = None,
 ) -> Plan:
     """Decide every file and link of the install; the record comes last."""
+    host = host or resolve_host(options, manifest)
     wanted = manifest.for_arch(arch)
-    chosen = [e for e in wanted if options.role == "server" or e.kind not in SERVER_ONLY]
-    payload = [Placement(*target_of(e), entry=e) for e in chosen]
+    chosen = [e for e in wanted if host.role == "server" or e.kind not in SERVER_ONLY]
+    payload = [Placement(*target_of(e, host.bin_dir), entry=e) for e in chosen]
     _check_targets_unique(payload)
-    generated = _generated_files(manifest, options)
-    links = [Link(f"{BIN_DIR}/{c}", "k3s") for c in LINKED_COMMANDS if c not in existing_commands]
-    service = units.service_name(options.role)
+    generated = _generated_files(manifest, host)
+    links = [
+        Link(f"{host.bin_dir}/{c}", "k3s") for c in LINKED_COMMANDS if c not in existing_commands
+    ]
+    service = units.service_name(host.role)
     if options.root != "/":
         wants = f"{SYSTEMD_DIR}/multi-user.target.wants/{service}.service"
         links.append(Link(wants, f"{SYSTEMD_DIR}/{service}.service"))
     files = [*payload, *generated]
-    record = _record(manifest, bundle_id, arch, options.role, files, links, previous)
+    record = _record(manifest, bundle_id, arch, host, files, links, previous)
     files.append(Placement(RECORD_PATH, 0o600, content=record))
     skipped = tuple(e for e in manifest.entries if e not in chosen)
     return Plan(arch, service, tuple(files), tuple(links), skipped)
+
+
+def resolve_host(
+    options: Options,
+    manifest: Manifest,
+    previous: Optional[Mapping[str, Any]] = None,
+    previous_env: Optional[Mapping[str, str]] = None,
+    bin_dir: str = BIN_DIR,
+    previous_config: Optional[Mapping[str, Any]] = None,
+) -> HostSettings:
+    """Merge options over what the installed generation used, then check upstream's rules."""
+    old = dict((previous or {}).get("options") or {})
+    role = options.role or old.get("role") or "server"
+    server_url = options.server_url or (old.get("server_url") if role == old.get("role") else None)
+    env = _env(options, previous_env or {}, server_url)
+    _check_role(role, server_url, env)
+    exec_args = options.exec_args if options.exec_args is not None else old.get("exec_args", [])
+    image_cache = options.image_cache or bool(old.get("image_cache"))
+    remembered: Dict[str, Any] = {
+        "role": role,
+        "server_url": server_url,
+        "cluster_init": options.cluster_init or bool(old.get("cluster_init")),
+        "exec_args": list(exec_args),
+        "node_labels": list(options.node_labels or old.get("node_labels") or []),
+        "tls_sans": list(options.tls_sans or old.get("tls_sans") or []),
+        "node_name": options.node_name or old.get("node_name"),
+        "image_cache": image_cache,
+        "bin_dir": bin_dir,
+    }
+    extra = ("--cluster-init",) if remembered["cluster_init"] and role == "server" else ()
+    user = dict(options.config if options.config is not None else previous_config or {})
+    config = merge_config(manifest.install.get("config") or {}, user, remembered)
+    return HostSettings(
+        role, bin_dir, (*extra, *exec_args), env, config, image_cache, remembered, user
+    )
+
+
+def _env(
+    options: Options, previous_env: Mapping[str, str], server_url: Optional[str]
+) -> Dict[str, str]:
+    env = units.env_from_environment(options.environ)
+    if options.token or options.token_file:
+        env.update({"K3S_TOKEN": options.token} if options.token else {})
+        env.update({"K3S_TOKEN_FILE": options.token_file} if options.token_file else {})
+    else:  # an upgrade keeps the token it was installed with
+        env.update({k: v for k, v in previous_env.items() if k in ("K3S_TOKEN", "K3S_TOKEN_FILE")})
+    if server_url:
+        env["K3S_URL"] = server_url
+    return env
+
+
+def _check_role(role: str, server_url: Optional[str], env: Mapping[str, str]) -> None:
+    if role not in ("server", "agent"):
+        raise UsageError(f"unknown role {role!r}", "Use --role server or --role agent.")
+    if server_url is not None and not server_url.startswith("https://"):
+        raise UsageError(
+            f"--server {server_url!r} is not an https:// URL",
+            "k3s servers listen on https://HOST:6443; give that (only https is supported).",
+        )
+    if role == "agent" and not server_url:
+        raise UsageError("an agent needs --server https://HOST:6443", "Give the URL of a server.")
+    has_token = "K3S_TOKEN" in env or "K3S_TOKEN_FILE" in env
+    if server_url and not has_token:
+        raise UsageError(
+            f"joining {server_url} needs the cluster token",
+            "Pass --token TOKEN or --token-file FILE (the server's "
+            "/var/lib/rancher/k3s/server/node-token).",
+        )
+
+
+def merge_config(
+    bundle: Mapping[str, Any], user: Mapping[str, Any], remembered: Mapping[str, Any]
+) -> Dict[str, Any]:
+    """config.yaml: the bundle defaults, then --config, then --node-label/--tls-san/--node-name."""
+    config = {**bundle, **user}
+    flags = {"node-label": remembered["node_labels"], "tls-san": remembered["tls_sans"]}
+    for key, values in flags.items():
+        if values:
+            present = _as_list(config.get(key))
+            config[key] = [*present, *[v for v in values if v not in present]]
+    if remembered.get("node_name"):
+        config["node-name"] = remembered["node_name"]
+    return config
+
+
+def _as_list(value: Any) -> List[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _check_targets_unique(payload: Sequence[Placement]) -> None:
@@ -147,37 +266,23 @@ def _check_targets_unique(payload: Sequence[Placement]) -> None:
         seen[placement.target] = placement.entry.path
 
 
-def unit_env(options: Options) -> Dict[str, str]:
-    """The unit's env file: K3S_*/CONTAINERD_*/proxies from the caller, then the token."""
-    env = units.env_from_environment(options.environ)
-    if options.token:
-        env["K3S_TOKEN"] = options.token
-    if options.token_file:
-        env["K3S_TOKEN_FILE"] = options.token_file
-    return env
-
-
-def _generated_files(manifest: Manifest, options: Options) -> Sequence[Placement]:
-    service, role = units.service_name(options.role), options.role
-    unit = units.render_unit(role, options.exec_args, BIN_DIR, SYSTEMD_DIR)
+def _generated_files(manifest: Manifest, host: HostSettings) -> List[Placement]:
+    service, role, bin_dir = units.service_name(host.role), host.role, host.bin_dir
+    unit = units.render_unit(role, host.exec_args, bin_dir, SYSTEMD_DIR)
+    uninstall = units.render_uninstall(role, bin_dir, SYSTEMD_DIR, DATA_DIR)
     files = [
         Placement(f"{SYSTEMD_DIR}/{service}.service", 0o644, content=unit.encode()),
+        Placement(f"{SYSTEMD_DIR}/{service}.service.env", 0o600, content=_env_bytes(host)),
         Placement(
-            f"{SYSTEMD_DIR}/{service}.service.env",
-            0o600,
-            content=units.render_env(unit_env(options)).encode(),
+            f"{bin_dir}/k3s-killall.sh", 0o755, content=units.render_killall(DATA_DIR).encode()
         ),
-        Placement(
-            f"{BIN_DIR}/k3s-killall.sh", 0o755, content=units.render_killall(DATA_DIR).encode()
-        ),
-        Placement(
-            f"{BIN_DIR}/{service}-uninstall.sh",
-            0o755,
-            content=units.render_uninstall(role, BIN_DIR, SYSTEMD_DIR, DATA_DIR).encode(),
-        ),
+        Placement(f"{bin_dir}/{service}-uninstall.sh", 0o755, content=uninstall.encode()),
     ]
-    for name in ("config", "registries"):
-        doc = manifest.install.get(name) or {}
+    if host.user_config:  # may hold secrets: 0600, and the record keeps only its hash
+        content = canonical_json(dict(host.user_config)) + b"\n"
+        files.append(Placement(USER_CONFIG, 0o600, content=content))
+    documents = {"config": host.config, "registries": manifest.install.get("registries") or {}}
+    for name, doc in documents.items():
         if doc:
             files.append(
                 Placement(f"{CONFIG_DIR}/{name}.yaml", 0o600, content=dump_yaml(doc).encode())
@@ -185,11 +290,18 @@ def _generated_files(manifest: Manifest, options: Options) -> Sequence[Placement
     return files
 
 
+def _env_bytes(host: HostSettings) -> bytes:
+    try:
+        return units.render_env(host.env).encode()
+    except ValueError as exc:
+        raise UsageError(f"cannot write the unit's env file: {exc}") from None
+
+
 def _record(
     manifest: Manifest,
     bundle_id: str,
     arch: str,
-    role: str,
+    host: HostSettings,
     files: Sequence[Placement],
     links: Sequence[Link],
     previous: Optional[Mapping[str, Any]],
@@ -199,7 +311,9 @@ def _record(
         "bundle_id": bundle_id,
         "k3s_version": manifest.k3s_version,
         "arch": arch,
-        "role": role,
+        "role": host.role,
+        "options": dict(host.remembered),
+        "ensured": [IMAGE_CACHE] if host.image_cache else [],
         "files": [_record_file(p) for p in files],
         "links": [{"path": link.path, "target": link.target} for link in links],
         "previous": _previous(previous, bundle_id),

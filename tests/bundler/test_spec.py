@@ -13,6 +13,7 @@ import k3bundle.manifests
 from k3bundle.bundler.spec import Spec, load_spec
 from k3bundle.installer.errors import UsageError
 from tests.helpers import KeyFiles, run_k3bundle
+from tests.oci_registry import PushedImages
 from tests.release_server import ReleaseServer
 
 VERSION = "v1.31.4+k3s1"
@@ -184,14 +185,21 @@ def test_empty_or_non_mapping_spec_is_refused(tmp_path: Path) -> None:
             load_spec(write(tmp_path, text))
 
 
-def test_images_and_charts_are_refused_until_supported(
-    run_build: BuildRun, server: ReleaseServer, tmp_path: Path
+def test_spec_images_are_accepted_and_bundled(
+    run_build: BuildRun,
+    pushed_images: PushedImages,
+    docker_home: Path,
+    manifest_of: ManifestOf,
+    tmp_path: Path,
 ) -> None:
-    text = HEADER + "k3s:\n  version: v1.31.4+k3s1\nimages: [docker.io/library/nginx:1.27]\n"
-    code, output = run_build("-f", str(write(tmp_path, text)), "--arch", "amd64")
-    assert code == 2
-    assert "extra images and Helm charts are not supported" in output
-    assert server.log == []
+    text = HEADER + f"k3s:\n  version: v1.31.4+k3s1\nimages: [{pushed_images.index}]\n"
+    spec = write(tmp_path, text)
+    insecure = ["--insecure-registry", pushed_images.host]
+    code, output = run_build("-f", str(spec), "--arch", "amd64", *insecure)
+    assert code == 0, output
+    summary = manifest_of(tmp_path / "dist")
+    assert [image["name"] for image in summary["images"]] == [pushed_images.index]
+    assert "amd64/k3bundle-images-amd64.tar.zst" in {f["path"] for f in summary["files"]}
 
 
 def test_subprocess_reports_a_bad_spec_on_one_error_line(tmp_path: Path) -> None:

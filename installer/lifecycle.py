@@ -1,0 +1,166 @@
+"""After the install: status, rollback to the previous generation, uninstall."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Mapping
+
+from . import units
+from .destination import HostDestination
+from .errors import InstallError
+from .install import recover
+from .plan import DATA_DIR, RECORD_PATH
+from .service import Report, Runner, is_host_root, restart_commands, run_all, stop_commands
+from .sources import sha256_file
+from .transaction import PREVIOUS_DIR, STATE_DIR, Change, Journal, previous_file
+
+# What upstream's uninstall script deletes beyond the files it placed (k3s-facts.md §3.11).
+PURGE_PATHS = ("/etc/rancher/k3s", "/run/k3s", "/run/flannel", DATA_DIR, "/var/lib/kubelet")
+
+
+def status(root: str, report: Report) -> Dict[str, Any]:
+    """What is installed and whether every file on disk still matches the record."""
+    recover(Journal(root), report)
+    dest = HostDestination(root)
+    record = dest.read_json(RECORD_PATH)
+    if record is None:
+        return {"installed": False, "root": root}
+    files = [_file_state(dest, item) for item in record.get("files", [])]
+    previous = dest.read_json(f"{PREVIOUS_DIR}/files/{RECORD_PATH.lstrip('/')}")
+    return {
+        "installed": True,
+        "root": root,
+        "k3s_version": record.get("k3s_version"),
+        "bundle_id": record.get("bundle_id"),
+        "role": record.get("role"),
+        "arch": record.get("arch"),
+        "service": f"{units.service_name(str(record.get('role') or 'server'))}.service",
+        "files": files,
+        "intact": all(f["state"] == "ok" for f in files),
+        "previous": {"k3s_version": previous.get("k3s_version")} if previous else None,
+    }
+
+
+def _file_state(dest: HostDestination, item: Mapping[str, Any]) -> Dict[str, Any]:
+    path = dest.path(str(item["path"]))
+    state = "ok"
+    if not path.is_file() or path.is_symlink():
+        state = "missing"
+    elif path.stat().st_size != item.get("size") or sha256_file(path) != item.get("sha256"):
+        state = "modified"
+    elif f"{path.stat().st_mode & 0o7777:04o}" != item.get("mode"):
+        state = "mode changed"
+    return {"path": item["path"], "state": state}
+
+
+def rollback(root: str, report: Report, runner: Runner, no_start: bool = False) -> Dict[str, Any]:
+    """Restore the previous generation exactly; the current one becomes the previous."""
+    journal = Journal(root)
+    recover(journal, report)
+    dest = HostDestination(root)
+    current = dest.read_json(RECORD_PATH)
+    previous = dest.read_json(f"{PREVIOUS_DIR}/files/{RECORD_PATH.lstrip('/')}")
+    if current is None or previous is None:
+        raise InstallError(
+            "there is no previous generation to roll back to",
+            "k3bundle keeps one: the installation before the last install, upgrade or rollback.",
+        )
+    change = _rollback_change(dest, current, previous)
+    journal.commit(change)
+    report(
+        f"rolled back from k3s {current.get('k3s_version')} to {previous.get('k3s_version')} "
+        f"({len(change.moves) - 1} files restored, {len(change.removals)} removed)"
+    )
+    unit = f"{units.service_name(str(previous.get('role') or 'server'))}.service"
+    if is_host_root(root):
+        run_all(restart_commands(unit, no_start), report, runner)
+    return {"from": current.get("k3s_version"), "to": previous.get("k3s_version")}
+
+
+def _rollback_change(
+    dest: HostDestination, current: Mapping[str, Any], previous: Mapping[str, Any]
+) -> Change:
+    wanted = {str(f["path"]): f for f in previous.get("files", [])}
+    moves = []
+    for target, item in wanted.items():
+        if _file_state(dest, item)["state"] == "ok":
+            continue
+        kept = previous_file(str(dest.root), target)
+        if not kept.is_file():
+            raise InstallError(
+                f"the previous generation lacks its copy of {target}",
+                "Reinstall the older bundle with 'k3bundle install --allow-downgrade' instead.",
+            )
+        moves.append((str(kept), target))
+    # The record does not list itself; the previous generation kept its copy like any file.
+    moves.append((str(previous_file(str(dest.root), RECORD_PATH)), RECORD_PATH))
+    removals = [str(f["path"]) for f in current.get("files", []) if str(f["path"]) not in wanted]
+    old_links = {str(link["path"]): str(link["target"]) for link in previous.get("links", [])}
+    unlinks = [str(x["path"]) for x in current.get("links", []) if str(x["path"]) not in old_links]
+    backups = [target for _, target in moves if dest.path(target).exists()] + removals
+    return Change(moves, removals, list(old_links.items()), unlinks, backups)
+
+
+def uninstall(
+    root: str, report: Report, runner: Runner, purge: bool = False, dry_run: bool = False
+) -> List[str]:
+    """Stop the service and remove exactly what the record lists (and, with purge, k3s's data)."""
+    journal = Journal(root)
+    recover(journal, report, dry_run)
+    dest = HostDestination(root)
+    record = dest.read_json(RECORD_PATH)
+    if record is None:
+        raise InstallError(
+            f"nothing to uninstall: no k3bundle install record under {root}",
+            "k3bundle removes only what it installed; use k3s-uninstall.sh for other installs.",
+        )
+    unit = f"{units.service_name(str(record.get('role') or 'server'))}.service"
+    if is_host_root(root):
+        run_all(stop_commands(unit), report, runner, dry_run)
+    files = [str(f["path"]) for f in record.get("files", []) if str(f["path"]) != RECORD_PATH]
+    files += [str(p) for p in record.get("ensured", [])]
+    links = [str(link["path"]) for link in record.get("links", [])]
+    removed = [*files, *links, RECORD_PATH]
+    for path in removed:
+        report(("would remove " if dry_run else "removed ") + path)
+    if not dry_run:
+        journal.commit(Change([], [*files, RECORD_PATH], [], links, [], keep_previous=False))
+        _remove_state_dir(dest)
+        if purge:
+            removed += _purge(dest, report)
+    return removed
+
+
+def _remove_state_dir(dest: HostDestination) -> None:
+    folder = dest.path(STATE_DIR)
+    shutil.rmtree(folder / "previous", ignore_errors=True)
+    with contextlib.suppress(OSError):  # not empty: something else lives there
+        folder.rmdir()
+
+
+def _purge(dest: HostDestination, report: Report) -> List[str]:
+    if is_host_root(str(dest.root)):
+        _run_killall(dest)
+    removed = []
+    for path in PURGE_PATHS:
+        host = dest.path(path)
+        if host.exists():
+            shutil.rmtree(host, ignore_errors=True)
+            report(f"purged {path}")
+            removed.append(path)
+    return removed
+
+
+def _run_killall(dest: HostDestination) -> None:
+    # On a real host k3s's mounts and processes must go before its data; the killall script
+    # (placed by the install, removed above) is regenerated to a temporary file for that.
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as script:
+        script.write(units.render_killall(DATA_DIR))
+    try:
+        subprocess.run(["sh", script.name], check=False, capture_output=True)
+    finally:
+        Path(script.name).unlink()

@@ -1,0 +1,190 @@
+"""Crash-safe changes to a host: a journal makes each install, rollback or uninstall all-or-nothing.
+
+Staging writes verified files under temporary names and lists them in the journal; a crash then
+leaves the old installation, and the next command removes the leftovers. Committing first copies
+(hard-links) every file it will replace or remove into `previous.new/`, then renames the staged
+files into place (the install record among them) and makes `previous.new/` the kept previous
+generation. The journal says which step was reached, every step is idempotent, and the next
+command finishes a commit that was cut off: the host is always either the old installation or the
+new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+STATE_DIR = "/var/lib/k3bundle"
+RECORD_PATH = f"{STATE_DIR}/record.json"
+JOURNAL_PATH = f"{STATE_DIR}/journal.json"
+PREVIOUS_DIR = f"{STATE_DIR}/previous"
+_NEXT_PREVIOUS = f"{STATE_DIR}/previous.new"
+
+
+@dataclass
+class Change:
+    """What one commit does; paths are absolute on the host (not under --root)."""
+
+    moves: List[Tuple[str, str]] = field(default_factory=list)  # (host source, target)
+    removals: List[str] = field(default_factory=list)
+    links: List[Tuple[str, str]] = field(default_factory=list)  # (path, link target)
+    unlinks: List[str] = field(default_factory=list)
+    backups: List[str] = field(default_factory=list)  # targets whose current file is kept
+    keep_previous: bool = True  # False (uninstall): drop the previous generation too
+
+
+class Journal:
+    """The journal file of one root, and the commit protocol it protects."""
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+        self.path = self.host(JOURNAL_PATH)
+        self._created: List[Path] = []  # folders made for the journal, removed by discard()
+
+    def host(self, target: str) -> Path:
+        """An absolute target path under the root."""
+        return self.root / target.lstrip("/")
+
+    def pending(self) -> Optional[Dict[str, Any]]:
+        """The interrupted operation, if a journal is left."""
+        try:
+            doc = json.loads(self.path.read_text("utf-8"))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {"state": "staging", "staged": [], "dirs": []}  # cut off mid-write
+        return doc if isinstance(doc, dict) else None
+
+    def _write(self, doc: Dict[str, Any]) -> None:
+        folder, missing = self.path.parent, []
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for path in reversed(missing):
+            path.mkdir(mode=0o755)
+            self._created.append(path)
+        os.chmod(self.path.parent, 0o700)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(doc, handle, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+
+    def begin_staging(self, staged: List[str], dirs: List[str]) -> None:
+        """Record what staging may leave behind, before it writes anything."""
+        self._write({"state": "staging", "staged": staged, "dirs": dirs})
+
+    def discard(self) -> None:
+        """Drop a staging journal whose files were already removed (or never written)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        for folder in reversed(self._created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        self._created.clear()
+
+    def commit(self, change: Change) -> None:
+        """Back up, apply, keep the previous generation; resumable at every step."""
+        doc = {"state": "backup", "change": asdict(change)}
+        self._write(doc)
+        self._finish(doc)
+
+    def recover(self) -> Optional[str]:
+        """Finish or undo an operation a crash cut off; say which, or None if there was none."""
+        doc = self.pending()
+        if doc is None:
+            return None
+        if doc.get("state") == "staging":
+            self._unstage(doc)
+            return "removed the files of an install that was interrupted before it committed"
+        self._finish(doc)
+        return "completed a change that was interrupted after it committed"
+
+    def _unstage(self, doc: Dict[str, Any]) -> None:
+        for staged in doc.get("staged", []):
+            with contextlib.suppress(FileNotFoundError):
+                Path(staged).unlink()
+        for folder in reversed(doc.get("dirs", [])):
+            with contextlib.suppress(OSError):
+                Path(folder).rmdir()
+        self.path.unlink()
+
+    def _finish(self, doc: Dict[str, Any]) -> None:
+        change = Change(**{k: _tuples(k, v) for k, v in doc["change"].items()})
+        if doc["state"] == "backup":
+            self._backup(change)
+            doc["state"] = "apply"
+            self._write(doc)
+        self._apply(change)
+        self._keep_previous(change)
+        self.path.unlink()
+
+    def _backup(self, change: Change) -> None:
+        folder = self.host(_NEXT_PREVIOUS)
+        if not folder.exists():
+            folder.mkdir(parents=True, mode=0o700)
+        for target in change.backups:
+            current, kept = self.host(target), folder / "files" / target.lstrip("/")
+            if current.is_file() and not current.is_symlink() and not kept.exists():
+                _keep(current, kept)
+
+    def _apply(self, change: Change) -> None:
+        for source, target in change.moves:
+            if Path(source).exists():
+                final = self.host(target)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, final)
+        for target in [*change.removals, *change.unlinks]:
+            with contextlib.suppress(FileNotFoundError):
+                self.host(target).unlink()
+        for path, link_target in change.links:
+            _symlink(self.host(path), link_target)
+
+    def _keep_previous(self, change: Change) -> None:
+        previous, incoming = self.host(PREVIOUS_DIR), self.host(_NEXT_PREVIOUS)
+        if not change.keep_previous:
+            shutil.rmtree(incoming, ignore_errors=True)
+            shutil.rmtree(previous, ignore_errors=True)
+            return
+        if incoming.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(incoming, previous)
+
+
+def _tuples(key: str, value: Any) -> Any:
+    if key in ("moves", "links"):
+        return [tuple(pair) for pair in value]
+    return value
+
+
+def _keep(current: Path, kept: Path) -> None:
+    """Keep a file's current content at `kept`: a hard link when possible, else a copy."""
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    tmp = kept.with_name(kept.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(current, tmp)
+    except OSError:
+        shutil.copy2(current, tmp)
+    os.replace(tmp, kept)
+
+
+def _symlink(path: Path, target: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.k3bundle-tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, path)
+
+
+def previous_file(root: str, target: str) -> Path:
+    """Where the previous generation keeps its copy of `target`."""
+    return Path(root) / PREVIOUS_DIR.lstrip("/") / "files" / target.lstrip("/")
