@@ -75,4 +75,5 @@ EXIT_CODES = {
     ArchError.exit_code: "nothing in the bundle for this architecture",
     InstallError.exit_code: "the host could not be changed",
     FetchError.exit_code: "a download failed (build side)",
+    9: "status: files on disk no longer match the install record",
 }
