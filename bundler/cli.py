@@ -129,6 +129,9 @@ def _passthrough(command: str, summary: str) -> None:
 _passthrough("install", "Verify a bundle and install k3s from it (see: k3bundle install --help).")
 _passthrough("verify", "Verify a bundle's signature and every byte (see: k3bundle verify --help).")
 _passthrough("inspect", "Show what a bundle holds (see: k3bundle inspect --help).")
+_passthrough("status", "Show what is installed and whether it still matches its record.")
+_passthrough("rollback", "Restore the previous installed generation exactly.")
+_passthrough("uninstall", "Remove exactly what k3bundle installed (see: --purge, --dry-run).")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Any:

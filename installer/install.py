@@ -66,7 +66,7 @@ def install(
         check_space(dest.root, [p for p in plan.files if p.target not in current])
         outcome = Outcome(auth.manifest.k3s_version, plan.arch, plan.service)
         change = _change(plan, current, dest)
-        if not options.dry_run:
+        if not options.dry_run and change.moves:  # nothing to stage: leave the state dir be
             journal.begin_staging(
                 [m[0] for m in change.moves], dest.missing_dirs(plan_targets(plan))
             )
@@ -136,6 +136,8 @@ def _change(plan: Plan, current: Set[str], dest: HostDestination) -> Change:
     unlinks = [path for path in old_links if path not in new_links]
     links = [(link.path, link.target) for link in plan.links if not dest.link_is_current(link)]
     backups = [target for _, target in moves if dest.path(target).exists()] + removals
+    if RECORD_PATH in current:
+        backups = []  # a repair: the recorded generation stays, and so does the one before it
     return Change(moves, removals, links, unlinks, backups)
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import posixpath
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 from . import units
 from .destination import HostDestination
@@ -63,22 +64,40 @@ def rollback(root: str, report: Report, runner: Runner, no_start: bool = False) 
     recover(journal, report)
     dest = HostDestination(root)
     current = dest.read_json(RECORD_PATH)
-    previous = dest.read_json(f"{PREVIOUS_DIR}/files/{RECORD_PATH.lstrip('/')}")
-    if current is None or previous is None:
+    previous = dest.read_json(f"{PREVIOUS_DIR}/files/{RECORD_PATH.lstrip('/')}") or _adopted(dest)
+    if previous is None or (current is None and previous.get("adopted")):
         raise InstallError(
             "there is no previous generation to roll back to",
             "k3bundle keeps one: the installation before the last install, upgrade or rollback.",
         )
+    current = current or {}  # rolling forward again after returning to an adopted k3s
     change = _rollback_change(dest, current, previous)
     journal.commit(change)
+    restored = len([target for _, target in change.moves if target != RECORD_PATH])
     report(
         f"rolled back from k3s {current.get('k3s_version')} to {previous.get('k3s_version')} "
-        f"({len(change.moves) - 1} files restored, {len(change.removals)} removed)"
+        f"({restored} files restored, {len(change.removals)} removed)"
     )
     unit = f"{units.service_name(str(previous.get('role') or 'server'))}.service"
     if is_host_root(root):
         run_all(restart_commands(unit, no_start), report, runner)
     return {"from": current.get("k3s_version"), "to": previous.get("k3s_version")}
+
+
+def _adopted(dest: HostDestination) -> Optional[Dict[str, Any]]:
+    """The previous generation of an install made with --adopt: the foreign files it kept."""
+    folder = dest.path(f"{PREVIOUS_DIR}/files")
+    kept = sorted("/" + str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    if not kept:
+        return None
+    agent = any(path.endswith("/k3s-agent.service") for path in kept)
+    return {
+        "adopted": True,
+        "k3s_version": "the k3s installed by other means",
+        "role": "agent" if agent else "server",
+        "files": [{"path": path} for path in kept],  # no hash: always restored
+        "links": [],
+    }
 
 
 def _rollback_change(
@@ -96,13 +115,30 @@ def _rollback_change(
                 "Reinstall the older bundle with 'k3bundle install --allow-downgrade' instead.",
             )
         moves.append((str(kept), target))
-    # The record does not list itself; the previous generation kept its copy like any file.
-    moves.append((str(previous_file(str(dest.root), RECORD_PATH)), RECORD_PATH))
     removals = [str(f["path"]) for f in current.get("files", []) if str(f["path"]) not in wanted]
+    # The record does not list itself; the previous generation kept its copy like any file. An
+    # adopted k3s had no record: returning to it removes ours (kept, to roll forward again).
+    if previous.get("adopted"):
+        removals.append(RECORD_PATH)
+    else:
+        moves.append((str(previous_file(str(dest.root), RECORD_PATH)), RECORD_PATH))
     old_links = {str(link["path"]): str(link["target"]) for link in previous.get("links", [])}
-    unlinks = [str(x["path"]) for x in current.get("links", []) if str(x["path"]) not in old_links]
+    unlinks = [
+        str(x["path"])
+        for x in current.get("links", [])
+        if str(x["path"]) not in old_links and not _serves_adopted(x, wanted, previous)
+    ]
     backups = [target for _, target in moves if dest.path(target).exists()] + removals
     return Change(moves, removals, list(old_links.items()), unlinks, backups)
+
+
+def _serves_adopted(
+    link: Mapping[str, Any], restored: Mapping[str, Any], previous: Mapping[str, Any]
+) -> bool:
+    """A link to a restored adopted file (kubectl -> k3s): the foreign install had it too."""
+    path = str(link["path"])
+    target = posixpath.normpath(posixpath.join(posixpath.dirname(path), str(link["target"])))
+    return bool(previous.get("adopted")) and target in restored
 
 
 def uninstall(

@@ -126,6 +126,8 @@ class Journal:
         self.path.unlink()
 
     def _backup(self, change: Change) -> None:
+        if not change.backups:  # nothing replaced: the kept previous generation stays as it is
+            return
         folder = self.host(_NEXT_PREVIOUS)
         if not folder.exists():
             folder.mkdir(parents=True, mode=0o700)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from k3bundle.bundler import keys
 from k3bundle.bundler.writer import BundleOutput, entry_for_file, write_bundle
@@ -35,16 +37,26 @@ def make_keys(folder: Path, name: str = "signer") -> KeyFiles:
 
 
 def make_payload(
-    folder: Path, arches: Sequence[str], image_size: int = 200_000
+    folder: Path,
+    arches: Sequence[str],
+    image_size: int = 200_000,
+    version: str = VERSION,
+    image_format: str = "tar.zst",
 ) -> Dict[str, Tuple[Path, Entry]]:
-    """Stand-in k3s binaries and airgap image tarballs per arch: member path → (file, entry)."""
+    """Stand-in k3s binaries and airgap image tarballs per arch: member path → (file, entry).
+
+    The binary names its `version` and other versions have other image bytes, so two versions
+    differ in every file; `image_format` changes the image archive's name (as upstream's
+    .tar.zst / .tar.gz / .tar do).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     out: Dict[str, Tuple[Path, Entry]] = {}
     for arch in arches:
         binary = folder / BINARY_NAMES[arch]
-        binary.write_bytes(f"#!/bin/sh\necho 'stand-in k3s {arch}'\n".encode())
-        images = folder / f"k3s-airgap-images-{arch}.tar.zst"
-        images.write_bytes(hashlib.sha256(arch.encode()).digest() * (image_size // 32))
+        binary.write_bytes(f"#!/bin/sh\necho 'stand-in k3s {version} {arch}'\n".encode())
+        images = folder / f"k3s-airgap-images-{arch}.{image_format}"
+        seed = arch if version == VERSION else f"{version}/{arch}"
+        images.write_bytes(hashlib.sha256(seed.encode()).digest() * (image_size // 32))
         for local, kind, mode in ((binary, "k3s-binary", 0o755), (images, "airgap-images", 0o644)):
             path = f"{arch}/{local.name}"
             out[path] = (local, entry_for_file(local, path, kind, arch=arch, mode=mode))
@@ -59,11 +71,13 @@ def make_bundle(
     install: Optional[Mapping[str, Any]] = None,
     name: str = "bundle.tar",
     image_size: int = 200_000,
+    version: str = VERSION,
+    image_format: str = "tar.zst",
 ) -> BundleOutput:
-    """Write a real bundle from stand-in files into `folder`."""
-    payload = make_payload(folder / "payload", arches, image_size)
+    """Write a real bundle of k3s `version` from stand-in files into `folder`."""
+    payload = make_payload(folder / "payload", arches, image_size, version, image_format)
     manifest = Manifest(
-        VERSION, tuple(arches), tuple(e for _, e in payload.values()), install=dict(install or {})
+        version, tuple(arches), tuple(e for _, e in payload.values()), install=dict(install or {})
     )
     sign = keys.load_signer(signer.private) if signer else None
     files = {path: local for path, (local, _) in payload.items()}
@@ -103,3 +117,41 @@ def snapshot(root: Path) -> Dict[str, Tuple[int, str]]:
             else:
                 state[str(path.relative_to(root))] = (info.st_mode, "dir")
     return state
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """What an in-process run of the installer's CLI returned and printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_installer(*args: str) -> CliResult:
+    """Run the installer's `main(ARGS)` in this process (fast; never touches the real /).
+
+    Only for --root runs: systemctl and purge's killall run for real when root is "/".
+    """
+    from k3bundle.installer.cli import main
+
+    assert "--root" in args and "/" not in _roots(args), "run_installer needs --root DIR"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def _roots(args: Sequence[str]) -> List[str]:
+    return [str(Path(args[i + 1]).resolve()) for i, a in enumerate(args[:-1]) if a == "--root"]
+
+
+class Recorder:
+    """A runner that records commands instead of running them."""
+
+    def __init__(self) -> None:
+        self.commands: List[List[str]] = []
+
+    def __call__(self, command: Sequence[str]) -> None:
+        """Record one command."""
+        self.commands.append(list(command))

@@ -1,4 +1,4 @@
-"""HostDestination on tmp_path: staging, commit, abort, and what counts as already current."""
+"""HostDestination on tmp_path: staging, abort and what counts as current; the Journal commits."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 import io
 import os
 from pathlib import Path
-from typing import List, cast
+from typing import List, Sequence, cast
 
 import pytest
 
@@ -16,6 +16,7 @@ from k3bundle.installer.manifest import Entry
 from k3bundle.installer.plan import Link, Placement
 from k3bundle.installer.sources import VerifyingStream
 from k3bundle.installer.tarstream import TarStream
+from k3bundle.installer.transaction import Change, Journal
 from tests.helpers import snapshot
 
 DATA = b"#!/bin/sh\necho k3s\n"
@@ -38,6 +39,14 @@ def root(tmp_path: Path) -> Path:
     (folder / "etc").mkdir(parents=True)
     (folder / "etc" / "hostname").write_text("node-1\n")
     return folder
+
+
+def commit(dest: HostDestination, targets: Sequence[str], links: Sequence[Link] = ()) -> None:
+    """Commit staged targets and links through the root's journal, as an install does."""
+    moves = [(str(dest.staged_path(target)), target) for target in targets]
+    backups = [target for target in targets if dest.path(target).exists()]
+    change = Change(moves, [], [(link.path, link.target) for link in links], [], backups)
+    Journal(str(dest.root)).commit(change)
 
 
 def tmp_files(root: Path) -> List[Path]:
@@ -79,7 +88,7 @@ def test_commit_renames_staged_files_into_place(root: Path) -> None:
     dest = HostDestination(str(root))
     stage(dest, generated("/usr/local/bin/k3s"))
     stage(dest, generated("/etc/systemd/system/k3s.service.env", b"K3S_TOKEN=x\n", 0o600))
-    dest.commit(())
+    commit(dest, ["/usr/local/bin/k3s", "/etc/systemd/system/k3s.service.env"])
     binary = root / "usr/local/bin/k3s"
     env = root / "etc/systemd/system/k3s.service.env"
     assert binary.read_bytes() == DATA and binary.stat().st_mode & 0o7777 == 0o755
@@ -95,14 +104,17 @@ def test_commit_replaces_an_existing_file(root: Path) -> None:
     dest = HostDestination(str(root))
     stage(dest, generated("/usr/local/bin/k3s"))
     assert old.read_bytes() == b"old"
-    dest.commit(())
+    commit(dest, ["/usr/local/bin/k3s"])
     assert old.read_bytes() == DATA and old.stat().st_mode & 0o7777 == 0o755
+    kept = root / "var/lib/k3bundle/previous/files/usr/local/bin/k3s"
+    assert kept.read_bytes() == b"old"
+    assert not (root / "var/lib/k3bundle/journal.json").exists()
 
 
 def test_commit_creates_links(root: Path) -> None:
     dest = HostDestination(str(root))
     stage(dest, generated("/usr/local/bin/k3s"))
-    dest.commit((Link("/usr/local/bin/kubectl", "k3s"),))
+    commit(dest, ["/usr/local/bin/k3s"], [Link("/usr/local/bin/kubectl", "k3s")])
     link = root / "usr/local/bin/kubectl"
     assert link.is_symlink() and os.readlink(link) == "k3s"
     assert dest.link_is_current(Link("/usr/local/bin/kubectl", "k3s"))
@@ -113,7 +125,7 @@ def test_commit_replaces_a_link_with_the_wrong_target(root: Path) -> None:
     link = root / "usr/local/bin/kubectl"
     link.parent.mkdir(parents=True)
     link.symlink_to("/opt/old-kubectl")
-    HostDestination(str(root)).commit((Link("/usr/local/bin/kubectl", "k3s"),))
+    commit(HostDestination(str(root)), [], [Link("/usr/local/bin/kubectl", "k3s")])
     assert os.readlink(link) == "k3s"
 
 
@@ -123,7 +135,7 @@ def test_is_current_only_for_same_content_and_mode(root: Path) -> None:
     assert not dest.is_current(placement)
     stage(dest, placement)
     assert not dest.is_current(placement)
-    dest.commit(())
+    commit(dest, [placement.target])
     assert dest.is_current(placement)
     path = root / "usr/local/bin/k3s"
     path.chmod(0o644)
@@ -190,3 +202,42 @@ def test_read_json_returns_none_for_missing_or_broken_files(root: Path) -> None:
     assert dest.read_json("/etc/broken.json") is None
     (root / "etc/good.json").write_text('{"bundle_id": "x"}')
     assert dest.read_json("/etc/good.json") == {"bundle_id": "x"}
+
+
+def test_staged_path_is_a_hidden_name_beside_the_target(root: Path) -> None:
+    dest = HostDestination(str(root))
+    assert dest.staged_path("/usr/local/bin/k3s") == root / "usr/local/bin/.k3s.k3bundle-tmp"
+    assert stage(dest, generated("/usr/local/bin/k3s")) == root / "usr/local/bin/k3s"
+    assert dest.staged_path("/usr/local/bin/k3s").read_bytes() == DATA
+
+
+def test_missing_dirs_lists_folders_to_create_parents_first_once(root: Path) -> None:
+    dest = HostDestination(str(root))
+    targets = ["/usr/local/bin/k3s", "/usr/local/bin/kubectl", "/etc/rancher/k3s/config.yaml"]
+    assert dest.missing_dirs(targets) == [
+        str(root / "usr"),
+        str(root / "usr/local"),
+        str(root / "usr/local/bin"),
+        str(root / "etc/rancher"),
+        str(root / "etc/rancher/k3s"),
+    ]
+    assert dest.missing_dirs(["/etc/hostname"]) == []
+
+
+def test_read_env_reads_back_quoted_values_and_ignores_other_lines(root: Path) -> None:
+    env = root / "etc/systemd/system/k3s.service.env"
+    env.parent.mkdir(parents=True)
+    env.write_text('K3S_TOKEN="a \\"quoted\\" token"\n# comment\nK3S_URL=https://h:6443\n\n')
+    found = HostDestination(str(root)).read_env("/etc/systemd/system/k3s.service.env")
+    assert found == {"K3S_TOKEN": 'a "quoted" token', "K3S_URL": "https://h:6443"}
+    assert HostDestination(str(root)).read_env("/etc/missing.env") == {}
+
+
+def test_journal_commit_of_a_replaced_link_keeps_no_copy_of_it(root: Path) -> None:
+    link = root / "usr/local/bin/kubectl"
+    link.parent.mkdir(parents=True)
+    link.symlink_to("/opt/old-kubectl")
+    dest = HostDestination(str(root))
+    commit(dest, [], [Link("/usr/local/bin/kubectl", "k3s")])
+    assert os.readlink(link) == "k3s"
+    assert not (root / "var/lib/k3bundle/previous/files/usr/local/bin/kubectl").exists()

@@ -138,7 +138,7 @@ def test_plan_for_arm64_places_the_arm64_binary_as_k3s() -> None:
 
 
 def test_plan_for_agent_skips_server_only_kinds() -> None:
-    result = plan(role="agent")
+    result = plan(role="agent", server_url="https://server:6443", token="K10-agent-token")
     kinds = {p.entry.kind for p in result.files if p.entry is not None}
     assert kinds == {"k3s-binary", "airgap-images", "images"}
     assert {e.path for e in result.skipped} >= {

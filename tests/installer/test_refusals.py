@@ -21,6 +21,7 @@ from k3bundle.bundler import keys
 from k3bundle.installer.errors import (
     ArchError,
     FormatError,
+    InstallError,
     IntegrityError,
     TrustError,
 )
@@ -32,6 +33,7 @@ FORMAT_EXIT = FormatError.exit_code
 INTEGRITY_EXIT = IntegrityError.exit_code
 TRUST_EXIT = TrustError.exit_code
 ARCH_EXIT = ArchError.exit_code
+INSTALL_EXIT = InstallError.exit_code
 PAYLOAD_MEMBERS = (
     "amd64/k3s",
     "amd64/k3s-airgap-images-amd64.tar.zst",
@@ -183,8 +185,11 @@ def root(tmp_path: Path) -> Path:
 
 
 def install(bundle: Path, root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`k3bundle install BUNDLE --root ROOT ARGS` in a subprocess."""
-    return run_k3bundle("install", str(bundle), "--root", str(root), *args)
+    """`k3bundle install BUNDLE --root ROOT --adopt ARGS` in a subprocess.
+
+    --adopt: ROOT's older k3s was not placed by k3bundle, and these tests are about the bundle.
+    """
+    return run_k3bundle("install", str(bundle), "--root", str(root), "--adopt", *args)
 
 
 def assert_refused(result: subprocess.CompletedProcess[str], code: int, *names: str) -> None:
@@ -216,6 +221,20 @@ def test_hand_made_signed_bundle_installs(tmp_path: Path, root: Path, signer: Ke
     result = install(bundle, root, "--pubkey", str(signer.public))
     assert result.returncode == 0, result.stderr
     assert (root / "usr/local/bin/k3s").read_bytes() == K3S_DATA
+
+
+def test_install_refuses_a_k3s_installed_by_other_means_before_reading_the_payload(
+    bundle_copy: Path, root: Path, signer: KeyFiles
+) -> None:
+    # A damaged payload would be exit 4: the foreign k3s is found before any payload byte.
+    flip_byte(bundle_copy, member_offsets(bundle_copy)["amd64/k3s"].offset_data)
+    before = snapshot(root)
+    result = run_k3bundle(
+        "install", str(bundle_copy), "--root", str(root), "--pubkey", str(signer.public)
+    )
+    assert_refused(result, INSTALL_EXIT, "already installed", "/usr/local/bin/k3s")
+    assert "--adopt" in result.stderr
+    assert snapshot(root) == before
 
 
 # --- trust ----------------------------------------------------------------------------------
