@@ -12,9 +12,11 @@ PACKAGES  := $(foreach p,bundler installer manifests,$(if $(wildcard $(p)/__init
 # Debian packages the tests use: openssl (the openssl signature path), systemd (systemd-analyze
 # verify), shellcheck (the generated scripts), zstd and tar, docker-registry (a real OCI
 # registry), skopeo + umoci (test images built in the run), containerd + runc (ctr images
-# import), apache2-utils (htpasswd), curl, python3-venv (for Debian's own python3).
+# import), apache2-utils (htpasswd), curl, python3-venv (for Debian's own python3), strace (kills
+# the installer at exact system calls in the crash tests), util-linux (unshare --net), e2fsprogs
+# (chattr, for a read-only /usr/local/bin).
 APT_PACKAGES := openssl systemd shellcheck zstd tar docker-registry skopeo umoci containerd runc \
-	apache2-utils curl python3-venv
+	apache2-utils curl python3-venv strace util-linux e2fsprogs
 
 .PHONY: install deps test lint bench clean typecheck-tree demo
 
