@@ -44,6 +44,7 @@ class Journal:
     def __init__(self, root: str) -> None:
         self.root = Path(root)
         self.path = self.host(JOURNAL_PATH)
+        self._tmp = self.path.with_name(self.path.name + ".tmp")  # the next journal, until renamed
         self._created: List[Path] = []  # folders made for the journal, removed by discard()
 
     def host(self, target: str) -> Path:
@@ -51,14 +52,26 @@ class Journal:
         return self.root / target.lstrip("/")
 
     def pending(self) -> Optional[Dict[str, Any]]:
-        """The interrupted operation, if a journal is left."""
+        """The interrupted operation, if a journal (or a first one never put in place) is left."""
         try:
             doc = json.loads(self.path.read_text("utf-8"))
         except FileNotFoundError:
-            return None
+            return self._unwritten()
         except ValueError:
             return {"state": "staging", "staged": [], "dirs": []}  # cut off mid-write
         return doc if isinstance(doc, dict) else None
+
+    def _unwritten(self) -> Optional[Dict[str, Any]]:
+        """Cut off while writing the first journal: nothing was staged or changed yet, but the
+        temporary journal and the folders made for it are left to remove."""
+        try:
+            doc = json.loads(self._tmp.read_text("utf-8"))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            doc = None
+        staging = isinstance(doc, dict) and doc.get("state") == "staging"
+        return {"state": "staging", "staged": [], "dirs": doc["dirs"] if staging else []}
 
     def _write(self, doc: Dict[str, Any]) -> None:
         folder, missing = self.path.parent, []
@@ -69,7 +82,7 @@ class Journal:
             path.mkdir(mode=0o755)
             self._created.append(path)
         os.chmod(self.path.parent, 0o700)
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = self._tmp
         with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(doc, handle, sort_keys=True)
             handle.flush()
@@ -110,10 +123,12 @@ class Journal:
         for staged in doc.get("staged", []):
             with contextlib.suppress(FileNotFoundError):
                 Path(staged).unlink()
-        for folder in reversed(doc.get("dirs", [])):
+        for journal in (self._tmp, self.path):  # a commit's first journal may be half-written
+            with contextlib.suppress(FileNotFoundError):
+                journal.unlink()
+        for folder in reversed(doc.get("dirs", [])):  # the journal's own folder among them
             with contextlib.suppress(OSError):
                 Path(folder).rmdir()
-        self.path.unlink()
 
     def _finish(self, doc: Dict[str, Any]) -> None:
         change = Change(**{k: _tuples(k, v) for k, v in doc["change"].items()})
