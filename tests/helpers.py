@@ -155,3 +155,18 @@ class Recorder:
     def __call__(self, command: Sequence[str]) -> None:
         """Record one command."""
         self.commands.append(list(command))
+
+
+def install_amd64(bundle: Path, root: Path, signer: KeyFiles, *args: str) -> CliResult:
+    """`install BUNDLE --root ROOT --pubkey PUB --arch amd64 ARGS`, in process."""
+    return run_installer(
+        "install", str(bundle), "--root", str(root), "--pubkey", str(signer.public),
+        "--arch", "amd64", *args,
+    )  # fmt: skip
+
+
+def installed(bundle: Path, root: Path, signer: KeyFiles, *args: str) -> CliResult:
+    """An install that must succeed."""
+    result = install_amd64(bundle, root, signer, *args)
+    assert result.returncode == 0, result.stderr
+    return result

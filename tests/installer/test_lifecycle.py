@@ -18,11 +18,15 @@ from tests.helpers import (
     CliResult,
     KeyFiles,
     Recorder,
+    installed,
     make_bundle,
     make_keys,
     run_installer,
     run_k3bundle,
     snapshot,
+)
+from tests.helpers import (
+    install_amd64 as install,
 )
 
 NEW_VERSION = "v1.32.0+k3s1"
@@ -60,21 +64,6 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, signer: KeyFiles) -> Bundl
         version=NEW_VERSION, image_format="tar.gz",
     )  # fmt: skip
     return old.files[0], new.files[0]
-
-
-def install(bundle: Path, root: Path, signer: KeyFiles, *args: str) -> CliResult:
-    """An in-process `install` under ROOT."""
-    return run_installer(
-        "install", str(bundle), "--root", str(root), "--pubkey", str(signer.public),
-        "--arch", "amd64", *args,
-    )  # fmt: skip
-
-
-def installed(bundle: Path, root: Path, signer: KeyFiles, *args: str) -> CliResult:
-    """An install that must succeed."""
-    result = install(bundle, root, signer, *args)
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def command(*args: str) -> CliResult:

@@ -12,7 +12,16 @@ from typing import Any, Iterator
 import pytest
 
 from k3bundle.installer.errors import InstallError
-from tests.helpers import CliResult, KeyFiles, make_bundle, make_keys, run_installer, snapshot
+from tests.helpers import (
+    CliResult,
+    KeyFiles,
+    installed,
+    make_bundle,
+    make_keys,
+    run_installer,
+    snapshot,
+)
+from tests.helpers import install_amd64 as install
 
 BIN = "usr/local/bin"
 SYSTEMD = "etc/systemd/system"
@@ -36,21 +45,6 @@ def bundle(tmp_path_factory: pytest.TempPathFactory, signer: KeyFiles) -> Path:
     """A small amd64 bundle."""
     folder = tmp_path_factory.mktemp("bundle")
     return make_bundle(folder, ("amd64",), signer, image_size=64 * 1024).files[0]
-
-
-def install(bundle: Path, root: Path, signer: KeyFiles, *args: str) -> CliResult:
-    """An in-process `install` under ROOT."""
-    return run_installer(
-        "install", str(bundle), "--root", str(root), "--pubkey", str(signer.public),
-        "--arch", "amd64", *args,
-    )  # fmt: skip
-
-
-def installed(bundle: Path, root: Path, signer: KeyFiles, *args: str) -> CliResult:
-    """An install that must succeed."""
-    result = install(bundle, root, signer, *args)
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def error_line(result: CliResult) -> str:

@@ -17,13 +17,15 @@ from k3bundle.installer.plan import Options
 from k3bundle.installer.progress import Progress
 from tests.helpers import (
     VERSION,
-    CliResult,
     KeyFiles,
     Recorder,
+    installed,
     make_keys,
     make_payload,
-    run_installer,
     snapshot,
+)
+from tests.helpers import (
+    install_amd64 as install,
 )
 
 SYSTEMD = "etc/systemd/system"
@@ -59,21 +61,6 @@ def bundle(tmp_path_factory: pytest.TempPathFactory, signer: KeyFiles) -> Path:
     manifest = Manifest(VERSION, ("amd64",), tuple(entries))
     out = write_bundle(folder / "bundle.tar", manifest, files, keys.load_signer(signer.private))
     return out.files[0]
-
-
-def install(bundle: Path, root: Path, signer: KeyFiles, *args: str) -> CliResult:
-    """`install BUNDLE --root ROOT --pubkey PUB --arch amd64 ARGS`, in process."""
-    return run_installer(
-        "install", str(bundle), "--root", str(root), "--pubkey", str(signer.public),
-        "--arch", "amd64", *args,
-    )  # fmt: skip
-
-
-def installed(bundle: Path, root: Path, signer: KeyFiles, *args: str) -> CliResult:
-    """An install that must succeed."""
-    result = install(bundle, root, signer, *args)
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def exec_start(unit: str) -> List[str]:
