@@ -25,7 +25,7 @@ from .cache import Cache
 
 CHUNK = 1 << 20
 BUFFER = 4 << 20
-USER_AGENT = "k3bundle/0.1 (+https://github.com/k3s-io/k3s air-gap bundler)"
+USER_AGENT = "k3bundle/0.1 (air-gap bundler for k3s)"
 RETRY_STATUS = {429, 500, 502, 503, 504}
 TRANSIENT = (
     requests.ConnectionError,
