@@ -42,7 +42,14 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.install_vs_tar import Sample, human, parse_common, parse_size, run_child  # noqa: E402
+from bench.install_vs_tar import (  # noqa: E402
+    Sample,
+    check_disk,
+    human,
+    parse_common,
+    parse_size,
+    run_child,
+)
 from tests.release_server import binary_name, checksum_name, generate_release, image_name  # noqa: E402
 
 MIB = 1024**2
@@ -240,17 +247,6 @@ def check_tools() -> None:
         raise SystemExit(f"this benchmark needs {' and '.join(missing)} on PATH")
 
 
-def check_disk(base: Path, size: int) -> None:
-    """Refuse when the work dir's filesystem has less than DISK_FACTOR x the size free."""
-    need = DISK_FACTOR * size
-    free = shutil.disk_usage(base).free
-    if free < need:
-        raise SystemExit(
-            f"not enough free disk under {base}: {free / MIB:.0f} MiB free, {need / MIB:.0f} MiB "
-            f"needed ({DISK_FACTOR}x --size); use --workdir or a smaller --size"
-        )
-
-
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -270,7 +266,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_tools()
     base: Path = args.workdir or REPO / ".bench"
     base.mkdir(parents=True, exist_ok=True)
-    check_disk(base, size)
+    check_disk(
+        base, DISK_FACTOR * size, f"{DISK_FACTOR}x --size; use --workdir or a smaller --size"
+    )
     work = Path(tempfile.mkdtemp(prefix="build-vs-curl-", dir=base))
     try:
         print(f"generating a {human(size)} stand-in release ...", file=sys.stderr, flush=True)

@@ -289,14 +289,13 @@ def default_workdir() -> Path:
     return REPO / ".bench"
 
 
-def check_disk(base: Path, sizes: Sequence[int]) -> None:
-    """Refuse when the work dir's filesystem has less than 4x the largest size free."""
-    need = 4 * max(sizes)
+def check_disk(base: Path, need: int, why: str) -> None:
+    """Refuse when the work dir's filesystem has less than `need` bytes free."""
     free = shutil.disk_usage(base).free
     if free < need:
         raise SystemExit(
             f"not enough free disk under {base}: {free / MIB:.0f} MiB free, "
-            f"{need / MIB:.0f} MiB needed (4x the largest bundle); use --workdir or smaller --sizes"
+            f"{need / MIB:.0f} MiB needed ({why})"
         )
 
 
@@ -333,7 +332,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sizes: List[int] = args.sizes
     base: Path = args.workdir or default_workdir()
     base.mkdir(parents=True, exist_ok=True)
-    check_disk(base, sizes)
+    check_disk(base, 4 * max(sizes), "4x the largest bundle; use --workdir or smaller --sizes")
     work = Path(tempfile.mkdtemp(prefix="install-vs-tar-", dir=base))
     try:
         pair = keys.generate(str(work / "bench"), None)

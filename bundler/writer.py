@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import tarfile
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, Mapping, Optional
@@ -18,7 +17,12 @@ from typing import IO, Any, Callable, Dict, List, Mapping, Optional
 from k3bundle.installer.errors import IntegrityError, UsageError
 from k3bundle.installer.manifest import MANIFEST_NAME, SIGNATURE_NAME, Entry, Manifest
 from k3bundle.installer.signature import Signature
-from k3bundle.installer.sources import CHUNK, PARTS_FORMAT, parts_index_path, sha256_file
+from k3bundle.installer.sources import (
+    PARTS_FORMAT,
+    hashed_chunks,
+    parts_index_path,
+    sha256_file,
+)
 
 FAT32_MAX = 4 * 1024**3 - 1
 BLOCK = 512
@@ -135,32 +139,18 @@ def _padding(size: int) -> bytes:
     return b"\0" * (-size % BLOCK)
 
 
-def _copy_member(
-    sink: _PartWriter, entry: Entry, local: Path, progress: Progress, hasher: ThreadPoolExecutor
-) -> None:
+def _copy_member(sink: _PartWriter, entry: Entry, local: Path, progress: Progress) -> None:
     """Copy a payload file into the bundle, re-verifying it on the way.
 
     The input is hashed again (a cache file may have rotted since it was verified) on a second
-    thread while this one writes the same bytes and the sink hashes them for SHA256SUMS:
-    hashlib releases the GIL, so the two sha256 passes share the two cores. Two buffers take
-    turns, and one is refilled only after its hash has finished.
+    thread while this one writes the same bytes and the sink hashes them for SHA256SUMS.
     """
-    digest, seen, turn = hashlib.sha256(), 0, 0
-    buffers = (memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK)))
-    pending: Optional[Future[None]] = None
+    digest, seen = hashlib.sha256(), 0
     with open(local, "rb", buffering=0) as handle:
-        while True:
-            view = buffers[turn]
-            count = handle.readinto(view) or 0
-            if pending is not None:
-                pending.result()
-            if not count:
-                break
-            pending = hasher.submit(digest.update, view[:count])
-            sink.write(view[:count])
-            seen += count
-            progress(count)
-            turn ^= 1
+        for chunk in hashed_chunks(handle.readinto, digest):
+            sink.write(chunk)
+            seen += len(chunk)
+            progress(len(chunk))
     if seen != entry.size or digest.hexdigest() != entry.sha256:
         raise IntegrityError(
             f"{local} changed while the bundle was written (sha256 {digest.hexdigest()}, "
@@ -219,10 +209,9 @@ def _write_members(
         small.append((SIGNATURE_NAME, signer(data).to_bytes()))
     for name, blob in small:
         sink.write(_tar_header(name, len(blob), 0o644, mtime) + blob + _padding(len(blob)))
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="k3bundle-sha256") as hasher:
-        for entry in manifest.entries:
-            sink.write(_tar_header(entry.path, entry.size, entry.mode, mtime))
-            _copy_member(sink, entry, files[entry.path], progress, hasher)
+    for entry in manifest.entries:
+        sink.write(_tar_header(entry.path, entry.size, entry.mode, mtime))
+        _copy_member(sink, entry, files[entry.path], progress)
     end = 2 * BLOCK
     sink.write(b"\0" * (end + (-(sink.total + end) % RECORD)))
 

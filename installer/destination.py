@@ -17,6 +17,7 @@ from typing import IO, Any, Callable, Dict, Iterable, List, Mapping, Optional, S
 from .errors import InstallError
 from .plan import LINKED_COMMANDS, Link, Placement
 from .sources import sha256_file
+from .transaction import missing_folders
 
 SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 Progress = Callable[[int], None]
@@ -86,11 +87,8 @@ class HostDestination:
         """Host folders that staging these targets would create, parents first."""
         missing: List[str] = []
         for target in targets:
-            folder, chain = self.path(target).parent, []
-            while not folder.exists():
-                chain.append(str(folder))
-                folder = folder.parent
-            missing.extend(p for p in reversed(chain) if p not in missing)
+            chain = [str(p) for p in missing_folders(self.path(target).parent)]
+            missing.extend(p for p in chain if p not in missing)
         return missing
 
     def read_env(self, target: str) -> Dict[str, str]:
@@ -140,11 +138,7 @@ class HostDestination:
         self._created_dirs.clear()
 
     def _make_dirs(self, folder: Path) -> None:
-        missing: List[Path] = []
-        while not folder.exists():
-            missing.append(folder)
-            folder = folder.parent
-        for path in reversed(missing):
+        for path in missing_folders(folder):
             try:
                 path.mkdir(mode=0o755)
             except OSError as exc:

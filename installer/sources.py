@@ -218,28 +218,14 @@ class VerifyingStream:
             )
 
     def chunks(self) -> Iterator[memoryview]:
-        """The member's bytes in chunks, hashed on a second thread while the caller writes.
+        """The member's bytes in chunks, hashed on a second thread while the caller writes them.
 
-        hashlib releases the GIL, so sha256 runs on one core while this thread reads the next
-        chunk and the caller writes the current one: hashing costs about as much as tar's whole
-        extraction, and overlapping it is what keeps install close to `tar -xf`. Two buffers take
-        turns; a buffer is refilled only after its hash has finished. The size and sha256 check
-        runs after the last chunk, before the caller can rename anything into place.
+        The size and sha256 check runs after the last chunk, before the caller can rename
+        anything into place.
         """
-        buffers = (memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK)))
-        pending: Optional[Future[None]] = None
-        turn = 0
-        while True:
-            view = buffers[turn]
-            count = self._tar.readinto(view)
-            if pending is not None:
-                pending.result()
-            if not count:
-                break
-            self._seen += count
-            pending = _hasher().submit(self._hash.update, view[:count])
-            yield view[:count]
-            turn ^= 1
+        for chunk in hashed_chunks(self._tar.readinto, self._hash):
+            self._seen += len(chunk)
+            yield chunk
         if not self.checked:
             self._check()
 
@@ -257,6 +243,32 @@ def _hasher() -> ThreadPoolExecutor:
     if not _HASHER:
         _HASHER.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="k3bundle-sha256"))
     return _HASHER[0]
+
+
+def hashed_chunks(
+    readinto: Callable[[memoryview], Optional[int]], digest: Any
+) -> Iterator[memoryview]:
+    """Chunks read with `readinto`, each fed to `digest` on a second thread while it is yielded.
+
+    hashlib releases the GIL, so sha256 runs on one core while this thread reads the next chunk
+    and the caller writes the current one: hashing costs about as much as tar's whole
+    extraction, and overlapping it is what keeps install close to `tar -xf`. Two buffers take
+    turns; a buffer is refilled only after its hash has finished, and the last hash has finished
+    when the generator ends.
+    """
+    buffers = (memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK)))
+    pending: Optional[Future[None]] = None
+    turn = 0
+    while True:
+        view = buffers[turn]
+        count = readinto(view) or 0
+        if pending is not None:
+            pending.result()
+        if not count:
+            return
+        pending = _hasher().submit(digest.update, view[:count])
+        yield view[:count]
+        turn ^= 1
 
 
 @dataclass(frozen=True)

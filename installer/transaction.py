@@ -74,11 +74,7 @@ class Journal:
         return {"state": "staging", "staged": [], "dirs": doc["dirs"] if staging else []}
 
     def _write(self, doc: Dict[str, Any]) -> None:
-        folder, missing = self.path.parent, []
-        while not folder.exists():
-            missing.append(folder)
-            folder = folder.parent
-        for path in reversed(missing):
+        for path in missing_folders(self.path.parent):
             path.mkdir(mode=0o755)
             self._created.append(path)
         os.chmod(self.path.parent, 0o700)
@@ -172,6 +168,15 @@ class Journal:
         if incoming.exists():
             shutil.rmtree(previous, ignore_errors=True)
             os.replace(incoming, previous)
+
+
+def missing_folders(folder: Path) -> List[Path]:
+    """`folder` and its ancestors that do not exist yet, outermost first."""
+    missing: List[Path] = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]
 
 
 def _tuples(key: str, value: Any) -> Any:
