@@ -1,5 +1,5 @@
 """`python3 -m k3bundle.bundler` runs the k3bundle command line."""
 
-from .cli import main
+from .entry import main
 
 main()

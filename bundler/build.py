@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from k3bundle.installer.errors import FetchError
+from k3bundle.installer.hashing import sha256_file
 from k3bundle.installer.manifest import Entry, Manifest, check_arch
 from k3bundle.installer.progress import Progress
-from k3bundle.installer.sources import sha256_file
 
 from . import release
 from .cache import Cache

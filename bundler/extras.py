@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
+from k3bundle.installer.hashing import sha256_file
 from k3bundle.installer.manifest import Entry
-from k3bundle.installer.sources import sha256_file
 
 from .cache import Cache
 from .charts import ChartSpec, check_chart, check_unique, fetch_chart, helmchart_manifest

@@ -15,14 +15,10 @@ from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, Mapping, Optional
 
 from k3bundle.installer.errors import IntegrityError, UsageError
+from k3bundle.installer.hashing import hashed_chunks, sha256_file
 from k3bundle.installer.manifest import MANIFEST_NAME, SIGNATURE_NAME, Entry, Manifest
 from k3bundle.installer.signature import Signature
-from k3bundle.installer.sources import (
-    PARTS_FORMAT,
-    hashed_chunks,
-    parts_index_path,
-    sha256_file,
-)
+from k3bundle.installer.sources import PARTS_FORMAT, parts_index_path
 
 FAT32_MAX = 4 * 1024**3 - 1
 BLOCK = 512

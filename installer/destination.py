@@ -12,11 +12,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Iterable, List, Mapping, Optional, Set
+from typing import IO, Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from .errors import InstallError
+from .hashing import copy_range, sha256_file
 from .plan import LINKED_COMMANDS, Link, Placement
-from .sources import sha256_file
 from .transaction import missing_folders
 
 SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
@@ -111,6 +111,39 @@ class HostDestination:
         raises at the end when size or sha256 differ from the signed manifest: the bytes are
         hashed once, while they are written, and checked before any rename.
         """
+        final, fd = self._open_staged(placement)
+        with os.fdopen(fd, "wb", buffering=0) as out:
+            for chunk in chunks:
+                _write_all(out, chunk)
+                progress(len(chunk))
+            os.fchmod(out.fileno(), placement.mode)
+        return final
+
+    def stage_copy(
+        self, placement: Placement, extent: Tuple[int, int], published: Progress
+    ) -> Path:
+        """Copy a member's bytes from the bundle file to a temporary name, in the kernel.
+
+        `published(n)` says that the first n bytes are in the staged file: a HashPool job hashes
+        them there, behind the copy, and the pool is checked before any rename. A bundle that
+        ends early raises EOFError.
+        """
+        final, fd = self._open_staged(placement)
+        source, offset = extent
+        try:
+            copy_range(source, offset, placement.size, fd, published)
+            os.fchmod(fd, placement.mode)
+        except OSError as exc:
+            raise InstallError(
+                f"cannot copy {placement.target} into place: {exc.strerror}",
+                "Check the free space under the root and that the bundle is readable, then run "
+                "again (nothing has been changed).",
+            ) from None
+        finally:
+            os.close(fd)
+        return final
+
+    def _open_staged(self, placement: Placement) -> Tuple[Path, int]:
         final = self.path(placement.target)
         self._make_dirs(final.parent)
         tmp = self.staged_path(placement.target)
@@ -119,12 +152,7 @@ class HostDestination:
         except OSError as exc:
             raise InstallError(f"cannot write {final}: {exc.strerror}", "Run as root.") from None
         self._staged.append(Staged(tmp, final))
-        with os.fdopen(fd, "wb", buffering=0) as out:
-            for chunk in chunks:
-                _write_all(out, chunk)
-                progress(len(chunk))
-            os.fchmod(out.fileno(), placement.mode)
-        return final
+        return final, fd
 
     def abort(self) -> None:
         """Remove staged files and the folders this destination created."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import platform
+import os
 from dataclasses import dataclass, field
 from typing import List, Set, Tuple
 
 from . import units
 from .destination import HostDestination
+from .hashing import HashPool, truncated
 from .manifest import arch_from_machine, check_arch
 from .plan import (
     IMAGE_CACHE,
@@ -16,6 +17,7 @@ from .plan import (
     USER_CONFIG,
     HostSettings,
     Options,
+    Placement,
     Plan,
     plan_install,
     resolve_host,
@@ -23,7 +25,7 @@ from .plan import (
 from .preflight import check_downgrade, check_foreign, check_space, choose_bin_dir
 from .progress import Progress, human_size
 from .service import Report, Runner, is_host_root, restart_commands, run_all, run_command
-from .sources import BundleSource
+from .sources import BundleSource, VerifyingStream
 from .transaction import Change, Journal
 from .verify import Authenticated, open_authenticated
 
@@ -47,7 +49,7 @@ class Outcome:
 
 def host_arch(options: Options) -> str:
     """The architecture to install: --arch, else the machine's own."""
-    return check_arch(options.arch) if options.arch else arch_from_machine(platform.machine())
+    return check_arch(options.arch) if options.arch else arch_from_machine(os.uname().machine)
 
 
 def install(
@@ -166,16 +168,42 @@ def _place(
     progress.start(
         f"Verifying and placing {source.name}", sum(e.size for e in auth.manifest.entries)
     )
-    for entry, stream in source.payload(auth.manifest):
-        placement = plan.placement_for(entry)
-        if placement is None or placement.target in current or options.dry_run:
-            stream.drain(progress.advance)
-        else:
-            dest.stage(placement, stream.chunks(), progress.advance)
+    with HashPool(progress.advance) as pool:
+        for entry, stream in source.payload(auth.manifest):
+            placement = plan.placement_for(entry)
+            if placement is None or placement.target in current or options.dry_run:
+                stream.verify_in(pool, progress.advance)
+            else:
+                _stage_member(dest, placement, stream, pool, progress)
+        pool.finish()
     progress.finish()
     for placement in plan.files:
         if placement.entry is None and placement.target not in current and not options.dry_run:
             dest.stage(placement, [memoryview(placement.content or b"")], lambda n: None)
+
+
+def _stage_member(
+    dest: HostDestination,
+    placement: Placement,
+    stream: VerifyingStream,
+    pool: HashPool,
+    progress: Progress,
+) -> None:
+    """Copy in the kernel and hash behind the copy when the bundle is one file, else stream."""
+    extent = stream.extent()
+    if extent is None:
+        dest.stage(placement, stream.chunks(), progress.advance)
+        return
+    job = pool.add(stream.staged_job(dest.staged_path(placement.target)))
+
+    def published(count: int) -> None:
+        job.publish(count)
+        pool.poll()
+
+    try:
+        dest.stage_copy(placement, extent, published)
+    except EOFError:
+        raise truncated(stream.bundle, stream.entry.path) from None
 
 
 def _describe(

@@ -13,10 +13,10 @@ from typing import Any, Dict, List, Mapping, Optional
 from . import units
 from .destination import HostDestination
 from .errors import InstallError
+from .hashing import sha256_file
 from .install import recover
 from .plan import DATA_DIR, RECORD_PATH
 from .service import Report, Runner, is_host_root, restart_commands, run_all, stop_commands
-from .sources import sha256_file
 from .transaction import PREVIOUS_DIR, STATE_DIR, Change, Journal, previous_file
 
 # What upstream's uninstall script deletes beyond the files it placed (k3s-facts.md §3.11).

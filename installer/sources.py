@@ -12,7 +12,6 @@ import io
 import json
 import re
 import tarfile
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import (
@@ -29,6 +28,7 @@ from typing import (
 )
 
 from .errors import FormatError, IntegrityError, K3BundleError
+from .hashing import CHUNK, HashJob, HashPool, corrupted, hashed_chunks
 from .manifest import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
@@ -39,20 +39,10 @@ from .manifest import (
 )
 from .tarstream import END_BLOCKS, RawReader, TarStream
 
-CHUNK = 1 << 20
 PARTS_SUFFIX = ".parts.json"
 PARTS_FORMAT = "k3bundle-parts/v1"
 _PART_RE = re.compile(r"^(?P<base>.+)\.(?P<index>\d{3})$")
 _PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -178,13 +168,41 @@ class PartsReader(io.RawIOBase):
 
 
 class VerifyingStream:
-    """A member's bytes, hashed as they are read and checked against the entry at the end."""
+    """A member's bytes, hashed as they are read and checked against the entry at the end.
+
+    In a plain bundle file the member can instead be taken in place (`extent`): the caller
+    copies it with the kernel and hands the hashing to a HashPool job (`staged_job`,
+    `verify_in`).
+    """
 
     def __init__(self, tar: TarStream, entry: Entry, bundle: str) -> None:
-        self._tar, self._entry, self._bundle = tar, entry, bundle
+        self._tar, self.entry, self.bundle = tar, entry, bundle
         self._hash = hashlib.sha256()
         self._seen = 0
         self.checked = False
+
+    def extent(self) -> Optional[Tuple[int, int]]:
+        """(descriptor, offset) of the member's bytes in the bundle file, or None for a stream.
+
+        Whoever takes the extent owns the verification: the stream no longer checks anything.
+        """
+        if self._seen or self.checked:
+            return None
+        extent = self._tar.take_extent()
+        self.checked = extent is not None
+        return extent
+
+    def staged_job(self, staged: Path) -> HashJob:
+        """A job that hashes the staged copy of this member as a copier fills it."""
+        return HashJob(self.entry, self.bundle, staged, 0, 0)
+
+    def verify_in(self, pool: HashPool, progress: Callable[[int], None]) -> None:
+        """Verify without placing: a pool job over the bytes in place, else read through."""
+        extent = self.extent()
+        if extent is None:
+            self.drain(progress)
+        else:
+            pool.add(HashJob(self.entry, self.bundle, extent[0], extent[1], self.entry.size))
 
     def readinto(self, view: memoryview) -> int:
         """Read into `view` and hash; at the end compare size and sha256 with the manifest."""
@@ -211,11 +229,8 @@ class VerifyingStream:
     def _check(self) -> None:
         self.checked = True
         actual = self._hash.hexdigest()
-        if self._seen != self._entry.size or actual != self._entry.sha256:
-            raise IntegrityError(
-                f"{self._entry.path} in {self._bundle} is corrupted: sha256 {actual}, "
-                f"the signed manifest says {self._entry.sha256}",
-            )
+        if self._seen != self.entry.size or actual != self.entry.sha256:
+            raise corrupted(self.entry, self.bundle, actual)
 
     def chunks(self) -> Iterator[memoryview]:
         """The member's bytes in chunks, hashed on a second thread while the caller writes them.
@@ -231,44 +246,10 @@ class VerifyingStream:
 
     def drain(self, progress: Callable[[int], None] = lambda count: None) -> None:
         """Read (and so verify) whatever the consumer left."""
+        if self.checked:
+            return
         for chunk in self.chunks():
             progress(len(chunk))
-
-
-_HASHER: List[ThreadPoolExecutor] = []
-
-
-def _hasher() -> ThreadPoolExecutor:
-    """The one background thread that hashes payload chunks."""
-    if not _HASHER:
-        _HASHER.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="k3bundle-sha256"))
-    return _HASHER[0]
-
-
-def hashed_chunks(
-    readinto: Callable[[memoryview], Optional[int]], digest: Any
-) -> Iterator[memoryview]:
-    """Chunks read with `readinto`, each fed to `digest` on a second thread while it is yielded.
-
-    hashlib releases the GIL, so sha256 runs on one core while this thread reads the next chunk
-    and the caller writes the current one: hashing costs about as much as tar's whole
-    extraction, and overlapping it is what keeps install close to `tar -xf`. Two buffers take
-    turns; a buffer is refilled only after its hash has finished, and the last hash has finished
-    when the generator ends.
-    """
-    buffers = (memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK)))
-    pending: Optional[Future[None]] = None
-    turn = 0
-    while True:
-        view = buffers[turn]
-        count = readinto(view) or 0
-        if pending is not None:
-            pending.result()
-        if not count:
-            return
-        pending = _hasher().submit(digest.update, view[:count])
-        yield view[:count]
-        turn ^= 1
 
 
 @dataclass(frozen=True)

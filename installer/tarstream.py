@@ -8,8 +8,10 @@ a reused buffer carries the payload from disk to the staged file with no per-chu
 
 from __future__ import annotations
 
+import io
+import os
 import tarfile
-from typing import Dict, Optional, Protocol
+from typing import Dict, Optional, Protocol, Tuple
 
 from .errors import FormatError, IntegrityError
 
@@ -70,6 +72,20 @@ class TarStream:
             raise IntegrityError(f"{self._label} is truncated inside {self._member}")
         self._remaining -= count
         return count
+
+    def take_extent(self) -> Optional[Tuple[int, int]]:
+        """(descriptor, offset) of the current member's unread data in a plain bundle file.
+
+        The stream moves past the data without reading it: the caller copies and hashes it in
+        place. None when the archive is not one seekable file (the parts of a split bundle).
+        """
+        raw = self._raw
+        if not isinstance(raw, io.FileIO) or not raw.seekable():
+            return None
+        offset = raw.tell()
+        raw.seek(self._remaining, os.SEEK_CUR)
+        self._remaining = 0
+        return raw.fileno(), offset
 
     def read_all(self) -> bytes:
         """The current member's whole data (for the small manifest and signature members)."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import TrustError
+from .hashing import HashPool
 from .manifest import Manifest, parse
 from .progress import Progress
 from .signature import PublicKey, backend_name, load_trusted_keys, parse_signature, verify
@@ -68,8 +69,10 @@ def verify_bundle(
     source, auth = open_authenticated(bundle, pubkeys, root, allow_unsigned)
     with source:
         progress.start(f"Verifying {source.name}", sum(e.size for e in auth.manifest.entries))
-        for _entry, stream in source.payload(auth.manifest):
-            stream.drain(progress.advance)
+        with HashPool(progress.advance) as pool:
+            for _entry, stream in source.payload(auth.manifest):
+                stream.verify_in(pool, progress.advance)
+            pool.finish()
         progress.finish()
     summary = describe(auth.manifest, auth.bundle_id, source.name)
     summary.update(verified=True, signed_by=auth.key.key_id if auth.key else None)

@@ -1,0 +1,283 @@
+"""sha256 of payload bytes: file hashes, a two-buffer streaming hasher, and a pool of hash workers.
+
+The fast path of install and verify: a member of a plain bundle file is copied by the kernel
+(copy_file_range, else sendfile) into its staged file, and a worker thread hashes the staged file
+right behind the copy, so what is checked is exactly what will be renamed into place. hashlib
+releases the GIL, so sha256 of one member runs on one core while the next member is copied and
+hashed on another: sha256 costs about as much as tar's whole extraction, and spreading it over
+the cores is what keeps install close to `tar -xf`.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+
+from .errors import IntegrityError
+from .manifest import Entry
+
+CHUNK = 1 << 20
+COPY_CHUNK = 8 << 20  # how far the kernel copies before the hash worker is told to go on
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hashed_chunks(
+    readinto: Callable[[memoryview], Optional[int]], digest: Any
+) -> Iterator[memoryview]:
+    """Chunks read with `readinto`, each fed to `digest` on a second thread while it is yielded.
+
+    Two buffers take turns; a buffer is refilled only after its hash has finished, and the last
+    hash has finished when the generator ends.
+    """
+    buffers = (memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK)))
+    pending: Optional[threading.Event] = None
+    turn = 0
+    while True:
+        view = buffers[turn]
+        count = readinto(view) or 0
+        if pending is not None:
+            pending.wait()
+        if not count:
+            return
+        pending = _background().submit(digest.update, view[:count])
+        yield view[:count]
+        turn ^= 1
+
+
+class _Background:
+    """One long-lived daemon thread that runs calls in order (hashlib releases the GIL)."""
+
+    def __init__(self) -> None:
+        self._calls: queue.Queue[Tuple[Callable[[Any], Any], Any, threading.Event]] = queue.Queue()
+        threading.Thread(target=self._run, name="k3bundle-sha256", daemon=True).start()
+
+    def submit(self, call: Callable[[Any], Any], argument: Any) -> threading.Event:
+        """Run call(argument) on the thread; the event is set when it has returned."""
+        finished = threading.Event()
+        self._calls.put((call, argument, finished))
+        return finished
+
+    def _run(self) -> None:
+        while True:
+            call, argument, finished = self._calls.get()
+            try:
+                call(argument)
+            finally:
+                finished.set()
+
+
+_BACKGROUND: List[_Background] = []
+
+
+def _background() -> _Background:
+    if not _BACKGROUND:
+        _BACKGROUND.append(_Background())
+    return _BACKGROUND[0]
+
+
+def corrupted(entry: Entry, bundle: str, actual: str) -> IntegrityError:
+    """The one message for a member whose bytes differ from the signed manifest."""
+    return IntegrityError(
+        f"{entry.path} in {bundle} is corrupted: sha256 {actual}, "
+        f"the signed manifest says {entry.sha256}",
+    )
+
+
+def truncated(bundle: str, member: str) -> IntegrityError:
+    """The one message for a bundle that ends inside a member's bytes."""
+    return IntegrityError(f"{bundle} is truncated inside {member}")
+
+
+class HashJob:
+    """sha256 of one member's `entry.size` bytes at `offset` of a file, hashed as they arrive.
+
+    The file is an open descriptor (the bundle, whose bytes are all there) or the path of a
+    staged file that a copier is filling: it calls `publish(n)` when the first n bytes are in
+    place, and the worker opens the path once there is something to read.
+    """
+
+    def __init__(
+        self, entry: Entry, bundle: str, file: Union[int, Path], offset: int, available: int
+    ) -> None:
+        self.entry, self.bundle = entry, bundle
+        self._file, self._offset = file, offset
+        self._available, self._cancelled = available, False
+        self._ready = threading.Condition()
+        self.hashed = 0
+        self.done = threading.Event()
+        self.error: Optional[IntegrityError] = None
+
+    def publish(self, count: int) -> None:
+        """The first `count` bytes may now be hashed."""
+        with self._ready:
+            self._available = count
+            self._ready.notify()
+
+    def cancel(self) -> None:
+        """Stop early: the install is being abandoned."""
+        with self._ready:
+            self._cancelled = True
+            self._ready.notify()
+
+    def run(self, buffer: memoryview) -> None:
+        """Hash every byte (in the worker), then compare with the signed manifest."""
+        fd = -1
+        try:
+            digest = hashlib.sha256()
+            while self.hashed < self.entry.size:
+                limit = self._wait_for_bytes()
+                if limit is None:
+                    return
+                if fd < 0:
+                    fd = self._open()
+                self._hash_until(limit, fd, buffer, digest)
+            if digest.hexdigest() != self.entry.sha256:
+                raise corrupted(self.entry, self.bundle, digest.hexdigest())
+        except IntegrityError as exc:
+            self.error = exc
+        except OSError as exc:
+            self.error = IntegrityError(f"cannot read {self.entry.path}: {exc.strerror}")
+        finally:
+            if fd >= 0 and not isinstance(self._file, int):
+                os.close(fd)
+            self.done.set()
+
+    def _open(self) -> int:
+        if isinstance(self._file, int):
+            return self._file
+        return os.open(self._file, os.O_RDONLY)
+
+    def _hash_until(self, limit: int, fd: int, buffer: memoryview, digest: Any) -> None:
+        while self.hashed < limit:
+            want = min(len(buffer), limit - self.hashed)
+            count = os.preadv(fd, [buffer[:want]], self._offset + self.hashed)
+            if count <= 0:
+                raise truncated(self.bundle, self.entry.path)
+            digest.update(buffer[:count])
+            self.hashed += count
+
+    def _wait_for_bytes(self) -> Optional[int]:
+        with self._ready:
+            while self._available <= self.hashed and not self._cancelled:
+                self._ready.wait()
+            return None if self._cancelled else self._available
+
+
+class HashPool:
+    """Worker threads that run HashJobs in the order they are added; `finish` checks them all."""
+
+    def __init__(self, progress: Callable[[int], None] = lambda count: None, workers: int = 0):
+        count = workers or max(2, min(4, os.cpu_count() or 2))
+        self._progress, self._reported = progress, 0
+        self._queue: queue.Queue[Optional[HashJob]] = queue.Queue()
+        self._jobs: List[HashJob] = []
+        self._threads = [
+            threading.Thread(target=self._work, name=f"k3bundle-sha256-{n}", daemon=True)
+            for n in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def add(self, job: HashJob) -> HashJob:
+        """Queue a job; it starts as soon as a worker is free."""
+        self._jobs.append(job)
+        self._queue.put(job)
+        return job
+
+    def poll(self) -> None:
+        """Report the bytes hashed since the last report (call from the main thread)."""
+        hashed = sum(job.hashed for job in self._jobs)
+        if hashed > self._reported:
+            self._progress(hashed - self._reported)
+            self._reported = hashed
+
+    def finish(self) -> None:
+        """Wait for every job; raise the first member's error in manifest order."""
+        for job in self._jobs:
+            while not job.done.wait(0.1):
+                self.poll()
+        self.poll()
+        self.close()
+        for job in self._jobs:
+            if job.error is not None:
+                raise job.error
+
+    def close(self) -> None:
+        """Cancel what is left and stop the workers (idempotent)."""
+        for job in self._jobs:
+            job.cancel()
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+
+    def __enter__(self) -> HashPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _work(self) -> None:
+        buffer = memoryview(bytearray(CHUNK))
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            job.run(buffer)
+
+
+def copy_range(src: int, offset: int, size: int, dst: int, publish: Callable[[int], None]) -> None:
+    """Copy `size` bytes at `offset` of `src` to the start of `dst`, in the kernel when it can.
+
+    copy_file_range works within one filesystem; sendfile copies between any two files (a
+    bundle on a FAT32 stick into /var); plain reads and writes are the last resort. A source that
+    ends early raises EOFError.
+    """
+    done = 0
+    copy = _copy_file_range
+    while done < size:
+        want = min(COPY_CHUNK, size - done)
+        try:
+            count = copy(src, dst, offset + done, want)
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY or copy is _read_write:
+                raise
+            copy = _sendfile if copy is _copy_file_range else _read_write
+            continue
+        if count <= 0:
+            raise EOFError(offset + done)
+        done += count
+        publish(done)
+
+
+def _copy_file_range(src: int, dst: int, offset: int, count: int) -> int:
+    if not hasattr(os, "copy_file_range"):  # Python built without it
+        raise OSError(errno.ENOSYS, "copy_file_range is not available")
+    return os.copy_file_range(src, dst, count, offset)
+
+
+def _sendfile(src: int, dst: int, offset: int, count: int) -> int:
+    return os.sendfile(dst, src, offset, count)
+
+
+def _read_write(src: int, dst: int, offset: int, count: int) -> int:
+    data = os.pread(src, min(count, CHUNK), offset)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(dst, view) :]
+    return len(data)

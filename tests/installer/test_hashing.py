@@ -1,0 +1,183 @@
+"""The fast path: kernel copies into staged files, hashed behind the copy by a pool of workers."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+
+from k3bundle.installer import destination, hashing
+from k3bundle.installer.errors import IntegrityError
+from k3bundle.installer.hashing import HashJob, HashPool, copy_range
+from k3bundle.installer.manifest import Entry
+from k3bundle.installer.progress import Progress
+from k3bundle.installer.verify import verify_bundle
+from tests.helpers import install_amd64, installed, make_bundle, make_keys, make_payload, snapshot
+
+DATA = os.urandom(3 * hashing.COPY_CHUNK + 12345)  # several copy steps and a ragged end
+
+
+def entry_for(data: bytes, path: str = "amd64/k3s") -> Entry:
+    """The manifest entry `data` would have."""
+    return Entry(path, len(data), hashlib.sha256(data).hexdigest(), "k3s-binary", 0o755, "amd64")
+
+
+def copied(tmp_path: Path, source: Path, offset: int = 0, size: int = len(DATA)) -> bytes:
+    """copy_range `size` bytes of `source` at `offset` into a fresh file; its bytes."""
+    target = tmp_path / "copy"
+    published: List[int] = []
+    src = os.open(source, os.O_RDONLY)
+    dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        copy_range(src, offset, size, dst, published.append)
+    finally:
+        os.close(src)
+        os.close(dst)
+    assert published and published[-1] == size
+    assert published == sorted(published)
+    return target.read_bytes()
+
+
+@pytest.fixture
+def shm() -> Iterator[Path]:
+    """A folder on tmpfs, another filesystem than tmp_path (as a USB stick is for /var)."""
+    base = Path("/dev/shm")
+    if not base.is_dir() or os.stat(base).st_dev == os.stat(tempfile.gettempdir()).st_dev:
+        pytest.skip("no tmpfs at /dev/shm apart from the temp folder's filesystem")
+    folder = Path(tempfile.mkdtemp(dir=base, prefix="k3bundle-test-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_copy_range_copies_a_region_exactly(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.write_bytes(b"header" + DATA + b"trailer")
+    assert copied(tmp_path, source, offset=6) == DATA
+
+
+def test_copy_range_across_filesystems_copies_exactly(tmp_path: Path, shm: Path) -> None:
+    source = shm / "source"
+    source.write_bytes(DATA)
+    assert copied(tmp_path, source) == DATA
+
+
+def test_copy_range_falls_back_to_reads_and_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unsupported(*args: object) -> int:
+        raise OSError(errno.ENOSYS, "not here")
+
+    monkeypatch.setattr(os, "copy_file_range", unsupported, raising=False)
+    monkeypatch.setattr(os, "sendfile", unsupported)
+    source = tmp_path / "source"
+    source.write_bytes(DATA)
+    assert copied(tmp_path, source) == DATA
+
+
+def test_copy_range_raises_eof_when_the_source_ends_early(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.write_bytes(DATA[:1000])
+    with pytest.raises(EOFError):
+        copied(tmp_path, source, size=2000)
+
+
+def test_hash_job_follows_a_file_as_it_is_written(tmp_path: Path) -> None:
+    staged = tmp_path / "staged"
+    staged.write_bytes(b"")
+    with HashPool() as pool:
+        job = pool.add(HashJob(entry_for(DATA), "b.tar", staged, 0, 0))
+        with open(staged, "ab", buffering=0) as out:
+            for start in range(0, len(DATA), 1 << 20):
+                out.write(DATA[start : start + (1 << 20)])
+                job.publish(min(len(DATA), start + (1 << 20)))
+        pool.finish()
+    assert job.error is None and job.hashed == len(DATA)
+
+
+def test_hash_job_names_the_member_whose_bytes_differ(tmp_path: Path) -> None:
+    staged = tmp_path / "staged"
+    staged.write_bytes(DATA[:-1] + b"\0")
+    with HashPool() as pool, pytest.raises(IntegrityError) as raised:
+        pool.add(HashJob(entry_for(DATA), "b.tar", staged, 0, len(DATA)))
+        pool.finish()
+    assert "amd64/k3s in b.tar is corrupted" in str(raised.value)
+    assert hashlib.sha256(DATA).hexdigest() in str(raised.value)
+
+
+def test_pool_reports_every_hashed_byte_and_the_first_error_in_order(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_bytes(DATA)
+    bad.write_bytes(DATA[:100])  # shorter than its entry says: truncated
+    seen: List[int] = []
+    with HashPool(seen.append) as pool, pytest.raises(IntegrityError) as raised:
+        pool.add(HashJob(entry_for(DATA, "a"), "b.tar", good, 0, len(DATA)))
+        pool.add(HashJob(entry_for(DATA, "b"), "b.tar", bad, 0, len(DATA)))
+        pool.add(HashJob(entry_for(DATA, "c"), "b.tar", good, 0, len(DATA)))
+        pool.finish()
+    assert "b.tar is truncated inside b" in str(raised.value)
+    assert sum(seen) == 2 * len(DATA) + 100
+
+
+def test_closing_the_pool_stops_jobs_still_waiting_for_bytes(tmp_path: Path) -> None:
+    staged = tmp_path / "staged"
+    staged.write_bytes(b"")
+    pool = HashPool()
+    job = pool.add(HashJob(entry_for(DATA), "b.tar", staged, 0, 0))  # nothing ever published
+    closer = threading.Thread(target=pool.close)
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive() and job.done.is_set() and job.hashed == 0
+
+
+def test_install_checks_the_staged_copy_not_only_the_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy that goes wrong on the way (a bad disk, a bad cable) is caught before any rename."""
+    signer = make_keys(tmp_path)
+    bundle = make_bundle(tmp_path, ("amd64",), signer).files[0]
+    root = tmp_path / "root"
+    root.mkdir()
+    before = snapshot(root)
+
+    def flipping_copy(src: int, offset: int, size: int, dst: int, published: object) -> None:
+        copy_range(src, offset, size, dst, lambda n: None)
+        os.pwrite(dst, b"\xff", size // 2)
+        published(size)  # type: ignore[operator]
+
+    monkeypatch.setattr(destination, "copy_range", flipping_copy)
+    result = install_amd64(bundle, root, signer)
+    assert result.returncode == 4, result.stderr
+    assert "is corrupted" in result.stderr and "signed manifest says" in result.stderr
+    assert snapshot(root) == before
+
+
+def test_install_from_a_bundle_on_another_filesystem(tmp_path: Path, shm: Path) -> None:
+    signer = make_keys(tmp_path)
+    bundle = make_bundle(shm, ("amd64",), signer, image_size=3_000_000).files[0]
+    root = tmp_path / "root"
+    installed(bundle, root, signer)
+    payload = make_payload(tmp_path / "expected", ("amd64",), image_size=3_000_000)
+    local, _ = payload["amd64/k3s-airgap-images-amd64.tar.zst"]
+    placed = root / "var/lib/rancher/k3s/agent/images/k3s-airgap-images-amd64.tar.zst"
+    assert placed.read_bytes() == local.read_bytes()
+
+
+def test_verify_hashes_every_member_in_the_pool_and_counts_every_byte(tmp_path: Path) -> None:
+    signer = make_keys(tmp_path)
+    output = make_bundle(tmp_path, ("amd64", "arm64"), signer, image_size=2_000_000)
+    seen: List[int] = []
+
+    class Count(Progress):
+        def advance(self, count: int) -> None:
+            seen.append(count)
+
+    summary = verify_bundle(str(output.files[0]), [str(signer.public)], "/", False, Count())
+    assert summary["verified"] is True
+    assert sum(seen) == sum(f["size"] for f in summary["files"])
