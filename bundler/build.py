@@ -142,7 +142,8 @@ def _finish(
     )
     bar = progress or Progress()
     bar.start(f"Writing {target.name}", sum(e.size for e in manifest.entries))
-    bundle = write_bundle(target, manifest, files, signer, settings.split, bar.advance)
+    fresh = {e.path for e in manifest.entries if e.sha256 in fetcher.downloaded}
+    bundle = write_bundle(target, manifest, files, signer, settings.split, bar.advance, fresh)
     bar.finish()
     installer = write_zipapp(settings.output / INSTALLER_NAME)
     sums = _write_sums(settings.output, bundle, installer)

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Optional, Sequence, Set, Tuple
 
 import requests
 import urllib3
@@ -116,6 +116,7 @@ class Fetcher:
         self._local = threading.local()
         self._session_factory, self._sleep = session_factory, sleep
         self.transferred = 0
+        self.downloaded: Set[str] = set()  # sha256s fetched (and verified) by this run
 
     def _session(self) -> requests.Session:
         # requests sessions are not thread-safe: one per worker thread.
@@ -250,6 +251,7 @@ class Fetcher:
                 "the mirror against upstream's sha256sum file.",
             )
         path = self.cache.admit(partial, download.sha256)
+        self.downloaded.add(download.sha256)
         self.events.finished(download, cached=False)
         return path
 

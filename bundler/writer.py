@@ -12,10 +12,10 @@ import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional
 
 from k3bundle.installer.errors import IntegrityError, UsageError
-from k3bundle.installer.hashing import hashed_chunks, sha256_file
+from k3bundle.installer.hashing import HashJob, HashPool, copy_range, sha256_file
 from k3bundle.installer.manifest import MANIFEST_NAME, SIGNATURE_NAME, Entry, Manifest
 from k3bundle.installer.signature import Signature
 from k3bundle.installer.sources import PARTS_FORMAT, parts_index_path
@@ -60,17 +60,21 @@ class BundleOutput:
     sha256s: Dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
 class _PartWriter:
-    """A binary sink that writes parts of at most `limit` bytes (or one file when no limit)."""
+    """A sink that writes parts of at most `limit` bytes (or one file when no limit).
 
-    target: Path
-    limit: Optional[int]
-    written: List[Dict[str, object]] = field(default_factory=list)
-    total: int = 0
-    _handle: Optional[IO[bytes]] = None
-    _hash: hashlib._Hash = field(default_factory=hashlib.sha256)
-    _in_part: int = 0
+    Each part's sha256 (for SHA256SUMS and the parts index) is computed by a HashJob on its own
+    thread that reads the part back right behind the writes, so payload files can be copied in
+    by the kernel (`copy_from`) without passing through this process.
+    """
+
+    def __init__(self, target: Path, limit: Optional[int]) -> None:
+        self.target, self.limit = target, limit
+        self.written: List[Dict[str, object]] = []
+        self.total = 0
+        self._fd = -1
+        self._in_part = 0
+        self._hash: Optional[HashJob] = None
 
     def _name(self) -> Path:
         if self.limit is None:
@@ -80,34 +84,65 @@ class _PartWriter:
     def _tmp(self, path: Path) -> Path:
         return path.with_name(f".{path.name}.tmp")
 
+    def _room(self, want: int) -> int:
+        """Open a part when none is, and say how many of `want` bytes fit in it."""
+        if self._fd < 0:
+            tmp = self._tmp(self._name())
+            self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._hash = HashJob(None, self.target.name, tmp).start()
+        return want if self.limit is None else min(want, self.limit - self._in_part)
+
+    def _advance(self, count: int) -> None:
+        self._in_part += count
+        self.total += count
+        assert self._hash is not None
+        self._hash.publish(self._in_part)
+
+    def _close_if_full(self) -> None:
+        if self.limit is not None and self._in_part >= self.limit:
+            self._close_part()
+
     def write(self, data: bytes | memoryview) -> None:
+        """Append bytes, moving to the next part whenever one is full."""
         view = memoryview(data)
         while view:
-            if self._handle is None:
-                self._handle = open(self._tmp(self._name()), "wb")  # noqa: SIM115
-            room = len(view) if self.limit is None else self.limit - self._in_part
-            piece = view[:room]
-            self._handle.write(piece)
-            self._hash.update(piece)
-            self._in_part += len(piece)
-            self.total += len(piece)
-            view = view[room:]
-            if self.limit is not None and self._in_part >= self.limit:
-                self._close_part()
+            piece = view[: self._room(len(view))]
+            view = view[len(piece) :]
+            while piece:
+                count = os.write(self._fd, piece)
+                piece = piece[count:]
+                self._advance(count)
+            self._close_if_full()
+
+    def copy_from(self, source: int, size: int, progress: Progress) -> None:
+        """Append the first `size` bytes of the open file `source`, copied by the kernel."""
+        done = 0
+        while done < size:
+            room = self._room(size - done)
+            copied = 0
+
+            def published(count: int) -> None:
+                nonlocal copied
+                step, copied = count - copied, count
+                self._advance(step)
+                progress(step)
+
+            copy_range(source, done, room, self._fd, published)
+            done += room
+            self._close_if_full()
 
     def _close_part(self) -> None:
-        assert self._handle is not None
-        self._handle.close()
-        self._handle = None
-        name = self._name()
-        self.written.append(
-            {"name": name.name, "size": self._in_part, "sha256": self._hash.hexdigest()}
-        )
-        self._hash, self._in_part = hashlib.sha256(), 0
+        os.close(self._fd)
+        self._fd = -1
+        assert self._hash is not None
+        self._hash.publish(self._in_part, final=True)
+        sha256 = self._hash.result()
+        self.written.append({"name": self._name().name, "size": self._in_part, "sha256": sha256})
+        self._hash, self._in_part = None, 0
 
     def finish(self) -> List[Path]:
         """Close the last part and rename every part into place."""
-        if self._handle is not None:
+        if self._fd >= 0:
             self._close_part()
         final = [self.target.with_name(str(p["name"])) for p in self.written]
         for path in final:
@@ -116,8 +151,11 @@ class _PartWriter:
 
     def abort(self) -> None:
         """Remove every temporary part after a failure."""
-        if self._handle is not None:
-            self._handle.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._hash is not None:
+            self._hash.cancel()
         names = [str(p["name"]) for p in self.written] + [self._name().name]
         for name in names:
             self._tmp(self.target.with_name(name)).unlink(missing_ok=True)
@@ -135,25 +173,61 @@ def _padding(size: int) -> bytes:
     return b"\0" * (-size % BLOCK)
 
 
-def _copy_member(sink: _PartWriter, entry: Entry, local: Path, progress: Progress) -> None:
-    """Copy a payload file into the bundle, re-verifying it on the way.
+def _copy_member(
+    sink: _PartWriter, entry: Entry, local: Path, checks: Optional[_InputChecks], progress: Progress
+) -> None:
+    """Copy a payload file into the bundle with the kernel; re-verify it unless it was just made.
 
-    The input is hashed again (a cache file may have rotted since it was verified) on a second
-    thread while this one writes the same bytes and the sink hashes them for SHA256SUMS.
+    A file from the cache may have rotted since it was verified: then a worker hashes the input
+    in place while the kernel copies it, and every check has passed before the bundle is renamed
+    into place. Files downloaded or written by this very build were hashed moments ago.
     """
-    digest, seen = hashlib.sha256(), 0
     with open(local, "rb", buffering=0) as handle:
-        for chunk in hashed_chunks(handle.readinto, digest):
-            sink.write(chunk)
-            seen += len(chunk)
-            progress(len(chunk))
-    if seen != entry.size or digest.hexdigest() != entry.sha256:
-        raise IntegrityError(
-            f"{local} changed while the bundle was written (sha256 {digest.hexdigest()}, "
-            f"expected {entry.sha256})",
-            "Make sure nothing else writes to the build's input files, then build again.",
-        )
-    sink.write(_padding(seen))
+        size = os.fstat(handle.fileno()).st_size
+        if size != entry.size:
+            raise _changed(local, f"{size} bytes", f"{entry.size} bytes")
+        if checks is not None:
+            checks.add(entry, local)
+        try:
+            sink.copy_from(handle.fileno(), size, progress)
+        except EOFError:
+            raise _changed(local, "fewer bytes", f"{entry.size} bytes") from None
+    sink.write(_padding(size))
+
+
+class _InputChecks:
+    """Payload files re-hashed in place by a pool of workers while the bundle is written."""
+
+    def __init__(self) -> None:
+        self._pool = HashPool()
+        self._locals: Dict[str, Path] = {}
+
+    def add(self, entry: Entry, local: Path) -> None:
+        """Hash `local` against `entry` (on a worker)."""
+        self._locals[entry.path] = local
+        self._pool.add(HashJob(entry, local.name, local, 0, entry.size))
+
+    def finish(self) -> None:
+        """Wait for every check; name the first file that no longer matches."""
+        try:
+            self._pool.finish()
+        except IntegrityError:
+            job = next(j for j in self._pool.jobs if j.error is not None)
+            assert job.entry is not None
+            local = self._locals[job.entry.path]
+            raise _changed(local, f"sha256 {job.sha256}", f"sha256 {job.entry.sha256}") from None
+
+    def close(self) -> None:
+        """Stop the workers (after a failure elsewhere)."""
+        self._pool.close()
+
+
+def _changed(local: Path, actual: str, expected: str) -> IntegrityError:
+    return IntegrityError(
+        f"{local} changed since it was verified ({actual}, expected {expected})",
+        "Make sure nothing else writes to the build's input files (or the cache), then build "
+        "again.",
+    )
 
 
 def source_date_epoch() -> int:
@@ -169,17 +243,28 @@ def write_bundle(
     signer: Optional[Signer] = None,
     split: Optional[int] = None,
     progress: Progress = lambda n: None,
+    fresh: Collection[str] = (),
 ) -> BundleOutput:
-    """Write `manifest` and its payload (member path → local file) as bundle `target`."""
+    """Write `manifest` and its payload (member path → local file) as bundle `target`.
+
+    Every local file is hashed again while it is copied, except the members named in `fresh`:
+    files this very build downloaded or wrote, and hashed while it did.
+    """
     missing = [e.path for e in manifest.entries if e.path not in files]
     if missing:
         raise UsageError(f"no local file given for bundle member {missing[0]}")
     data = manifest.to_bytes()
     sink = _PartWriter(target, split)
+    stale = any(e.path not in fresh for e in manifest.entries)
+    checks = _InputChecks() if stale else None
     try:
-        _write_members(sink, manifest, data, files, signer, progress)
+        _write_members(sink, manifest, data, files, signer, progress, checks, fresh)
+        if checks is not None:
+            checks.finish()
         paths = sink.finish()
     except BaseException:
+        if checks is not None:
+            checks.close()
         sink.abort()
         raise
     bundle_id = hashlib.sha256(data).hexdigest()
@@ -198,6 +283,8 @@ def _write_members(
     files: Mapping[str, Path],
     signer: Optional[Signer],
     progress: Progress,
+    checks: Optional[_InputChecks],
+    fresh: Collection[str] = (),
 ) -> None:
     mtime = source_date_epoch()
     small = [(MANIFEST_NAME, data)]
@@ -207,7 +294,8 @@ def _write_members(
         sink.write(_tar_header(name, len(blob), 0o644, mtime) + blob + _padding(len(blob)))
     for entry in manifest.entries:
         sink.write(_tar_header(entry.path, entry.size, entry.mode, mtime))
-        _copy_member(sink, entry, files[entry.path], progress)
+        check = checks if entry.path not in fresh else None
+        _copy_member(sink, entry, files[entry.path], check, progress)
     end = 2 * BLOCK
     sink.write(b"\0" * (end + (-(sink.total + end) % RECORD)))
 

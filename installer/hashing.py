@@ -103,54 +103,81 @@ def truncated(bundle: str, member: str) -> IntegrityError:
 
 
 class HashJob:
-    """sha256 of one member's `entry.size` bytes at `offset` of a file, hashed as they arrive.
+    """sha256 of a region of a file, hashed as the bytes arrive; checked against an entry.
 
-    The file is an open descriptor (the bundle, whose bytes are all there) or the path of a
-    staged file that a copier is filling: it calls `publish(n)` when the first n bytes are in
-    place, and the worker opens the path once there is something to read.
+    The file is an open descriptor (the bundle, whose bytes are all there) or the path of a file
+    that a writer is filling: it calls `publish(n)` when the first n bytes are in place (and
+    `publish(n, final=True)` when there will be no more), and the worker opens the path once
+    there is something to read. A job for a manifest entry knows its size and compares the
+    result with the entry; a job without one leaves the digest in `sha256`.
     """
 
     def __init__(
-        self, entry: Entry, bundle: str, file: Union[int, Path], offset: int, available: int
+        self,
+        entry: Optional[Entry],
+        bundle: str,
+        file: Union[int, Path],
+        offset: int = 0,
+        available: int = 0,
     ) -> None:
         self.entry, self.bundle = entry, bundle
         self._file, self._offset = file, offset
         self._available, self._cancelled = available, False
+        self._final: Optional[int] = entry.size if entry is not None else None
         self._ready = threading.Condition()
         self.hashed = 0
+        self.sha256: Optional[str] = None
         self.done = threading.Event()
         self.error: Optional[IntegrityError] = None
 
-    def publish(self, count: int) -> None:
-        """The first `count` bytes may now be hashed."""
+    @property
+    def label(self) -> str:
+        """What is hashed, for messages."""
+        return self.entry.path if self.entry is not None else str(self._file)
+
+    def publish(self, count: int, final: bool = False) -> None:
+        """The first `count` bytes may now be hashed (and, when final, nothing comes after)."""
         with self._ready:
             self._available = count
+            if final:
+                self._final = count
             self._ready.notify()
 
     def cancel(self) -> None:
-        """Stop early: the install is being abandoned."""
+        """Stop early: the work is being abandoned."""
         with self._ready:
             self._cancelled = True
             self._ready.notify()
 
+    def result(self) -> str:
+        """Wait for the digest (for a job without an entry); raise what went wrong."""
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.sha256 is not None, "the job was cancelled"
+        return self.sha256
+
     def run(self, buffer: memoryview) -> None:
-        """Hash every byte (in the worker), then compare with the signed manifest."""
+        """Hash every byte (in a worker), then compare with the entry when there is one."""
         fd = -1
         try:
             digest = hashlib.sha256()
-            while self.hashed < self.entry.size:
+            while True:
                 limit = self._wait_for_bytes()
                 if limit is None:
                     return
-                if fd < 0:
+                if fd < 0 and limit > self.hashed:
                     fd = self._open()
                 self._hash_until(limit, fd, buffer, digest)
-            if digest.hexdigest() != self.entry.sha256:
-                raise corrupted(self.entry, self.bundle, digest.hexdigest())
+                if self._final is not None and self.hashed >= self._final:
+                    break
+            self.sha256 = digest.hexdigest()
+            if self.entry is not None and self.sha256 != self.entry.sha256:
+                raise corrupted(self.entry, self.bundle, self.sha256)
         except IntegrityError as exc:
             self.error = exc
         except OSError as exc:
-            self.error = IntegrityError(f"cannot read {self.entry.path}: {exc.strerror}")
+            self.error = IntegrityError(f"cannot read {self.label}: {exc.strerror}")
         finally:
             if fd >= 0 and not isinstance(self._file, int):
                 os.close(fd)
@@ -166,15 +193,27 @@ class HashJob:
             want = min(len(buffer), limit - self.hashed)
             count = os.preadv(fd, [buffer[:want]], self._offset + self.hashed)
             if count <= 0:
-                raise truncated(self.bundle, self.entry.path)
+                raise truncated(self.bundle, self.label)
             digest.update(buffer[:count])
             self.hashed += count
 
     def _wait_for_bytes(self) -> Optional[int]:
         with self._ready:
-            while self._available <= self.hashed and not self._cancelled:
+            while (
+                self._available <= self.hashed
+                and not self._cancelled
+                and (self._final is None or self.hashed < self._final)
+            ):
                 self._ready.wait()
             return None if self._cancelled else self._available
+
+    def start(self) -> HashJob:
+        """Run on a thread of its own (a writer's running hash, which must never queue)."""
+        buffer = memoryview(bytearray(CHUNK))
+        threading.Thread(
+            target=self.run, args=(buffer,), name="k3bundle-sha256", daemon=True
+        ).start()
+        return self
 
 
 class HashPool:
@@ -184,7 +223,7 @@ class HashPool:
         count = workers or max(2, min(4, os.cpu_count() or 2))
         self._progress, self._reported = progress, 0
         self._queue: queue.Queue[Optional[HashJob]] = queue.Queue()
-        self._jobs: List[HashJob] = []
+        self.jobs: List[HashJob] = []
         self._threads = [
             threading.Thread(target=self._work, name=f"k3bundle-sha256-{n}", daemon=True)
             for n in range(count)
@@ -194,31 +233,31 @@ class HashPool:
 
     def add(self, job: HashJob) -> HashJob:
         """Queue a job; it starts as soon as a worker is free."""
-        self._jobs.append(job)
+        self.jobs.append(job)
         self._queue.put(job)
         return job
 
     def poll(self) -> None:
         """Report the bytes hashed since the last report (call from the main thread)."""
-        hashed = sum(job.hashed for job in self._jobs)
+        hashed = sum(job.hashed for job in self.jobs)
         if hashed > self._reported:
             self._progress(hashed - self._reported)
             self._reported = hashed
 
     def finish(self) -> None:
         """Wait for every job; raise the first member's error in manifest order."""
-        for job in self._jobs:
+        for job in self.jobs:
             while not job.done.wait(0.1):
                 self.poll()
         self.poll()
         self.close()
-        for job in self._jobs:
+        for job in self.jobs:
             if job.error is not None:
                 raise job.error
 
     def close(self) -> None:
         """Cancel what is left and stop the workers (idempotent)."""
-        for job in self._jobs:
+        for job in self.jobs:
             job.cancel()
         for _ in self._threads:
             self._queue.put(None)

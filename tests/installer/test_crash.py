@@ -268,7 +268,9 @@ def parse_trace(path: Path) -> List[Call]:
         if pid != main_pid:
             continue
         counts[name] += 1
-        text = re.split(r" = | <unfinished", f"{name}({rest}")[0]
+        # A call another thread interrupts is printed '<unfinished ...>' without its closing
+        # parenthesis: compare the arguments only, whichever way the line was printed.
+        text = re.split(r" = | <unfinished", f"{name}({rest}")[0].rstrip().removesuffix(")")
         calls.append(Call(name, counts[name], text))
     return calls
 
