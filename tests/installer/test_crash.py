@@ -269,8 +269,10 @@ def parse_trace(path: Path) -> List[Call]:
             continue
         counts[name] += 1
         # A call another thread interrupts is printed '<unfinished ...>' without its closing
-        # parenthesis: compare the arguments only, whichever way the line was printed.
+        # parenthesis, and the hash workers open and close files of their own, so descriptor
+        # numbers vary: compare the arguments only, with any descriptor written as FD.
         text = re.split(r" = | <unfinished", f"{name}({rest}")[0].rstrip().removesuffix(")")
+        text = re.sub(r"^(\w+)\(\d+(?=[,)]|$)", r"\1(FD", text)
         calls.append(Call(name, counts[name], text))
     return calls
 
