@@ -48,6 +48,7 @@ from bench.install_vs_tar import (  # noqa: E402
     human,
     parse_common,
     parse_size,
+    precompile,
     run_child,
 )
 from tests.release_server import binary_name, checksum_name, generate_release, image_name  # noqa: E402
@@ -280,6 +281,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise SystemExit(f"generate_release wrote no {missing[0]}")
         total = sum((root / VERSION / name).stat().st_size for name in names)
         floor = run_child(["true"]).rss_mib
+        precompile()
         with serve(root) as release_url:
             urls = [f"{release_url}/{VERSION}/{name}" for name in names]
             setup = Setup(work, release_url, urls, total, work / "warm-cache")
