@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from k3bundle.installer.errors import FetchError
 from k3bundle.installer.hashing import sha256_file
@@ -136,7 +136,7 @@ def _finish(
     manifest = replace(manifest, entries=(*manifest.entries, *extras.entries), extra=extras.meta)
     files.update(extras.files)
     settings.output.mkdir(parents=True, exist_ok=True)
-    _remove_previous_outputs(settings.output)
+    previous = _previous_outputs(settings.output)
     target = (
         settings.output / f"{settings.name or default_name(resolved.version, settings.arches)}.tar"
     )
@@ -146,6 +146,7 @@ def _finish(
     bundle = write_bundle(target, manifest, files, signer, settings.split, bar.advance, fresh)
     bar.finish()
     installer = write_zipapp(settings.output / INSTALLER_NAME)
+    _remove(settings.output, previous - {p.name for p in [*bundle.files, installer]})
     sums = _write_sums(settings.output, bundle, installer)
     key_id = signer.key_id if signer else None
     written = [*bundle.files, installer, sums]
@@ -253,16 +254,23 @@ def _manifest(
     return Manifest(version, settings.arches, tuple(entries), install=install)
 
 
-def _remove_previous_outputs(output: Path) -> None:
-    """Remove the files a previous build listed in DIR/SHA256SUMS, so DIR holds one bundle."""
+def _previous_outputs(output: Path) -> Set[str]:
+    """The files a previous build listed in DIR/SHA256SUMS (and SHA256SUMS itself)."""
     sums = output / SUMS_NAME
     if not sums.is_file():
-        return
-    for line in sums.read_text("utf-8").splitlines():
-        name = line.split("  ", 1)[-1].strip()
-        if name and "/" not in name and not name.startswith("."):
-            (output / name).unlink(missing_ok=True)
-    sums.unlink()
+        return set()
+    names = {line.split("  ", 1)[-1].strip() for line in sums.read_text("utf-8").splitlines()}
+    return {n for n in names if n and "/" not in n and not n.startswith(".")} | {SUMS_NAME}
+
+
+def _remove(output: Path, names: Set[str]) -> None:
+    """Remove a previous build's files once the new one is in place, so DIR holds one bundle.
+
+    Only after: a build that fails leaves the previous bundle, installer and SHA256SUMS as they
+    were, still matching each other.
+    """
+    for name in sorted(names):
+        (output / name).unlink(missing_ok=True)
 
 
 def _write_sums(output: Path, bundle: BundleOutput, installer: Path) -> Path:

@@ -252,23 +252,25 @@ def test_rebuild_downloads_no_payload_and_writes_a_byte_identical_signed_bundle(
     assert f"signed by {signer.key_id}" in output
 
 
-def test_rebuild_from_a_rotted_cache_file_fails_naming_it_and_writes_no_bundle(
+def test_rebuild_from_a_rotted_cache_file_fails_naming_it_and_keeps_the_last_build(
     run_build: BuildRun, tmp_path: Path
 ) -> None:
     args = ("--version", VERSION, "--arch", "amd64")
-    code, output = run_build(*args, "-o", str(tmp_path / "first"))
+    code, output = run_build(*args)
     assert code == 0, output
+    dist = tmp_path / "dist"
+    before = {p.name: sha256_of(p) for p in dist.iterdir()}
     cache = tmp_path / "cache" / "sha256"
     blob = max(cache.iterdir(), key=lambda p: p.stat().st_size)  # the airgap images
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
-    out = tmp_path / "second"
-    code, output = run_build(*args, "-o", str(out))
+    code, output = run_build(*args, "--name", "other")
     assert code == 4, output
     assert f"{blob} changed since it was verified" in output
     assert "build again" in output
-    assert not [p for p in out.iterdir() if ".tar" in p.name] if out.exists() else True
+    assert {p.name: sha256_of(p) for p in dist.iterdir()} == before  # nothing lost, no temp file
+    assert sha256sum_check(dist).returncode == 0
 
 
 def test_offline_rebuild_works_with_the_server_stopped(
