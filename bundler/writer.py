@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,7 @@ class _PartWriter:
         if self._fd < 0:
             tmp = self._tmp(self._name())
             self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            self._hash = HashJob(None, self.target.name, tmp).start()
+            self._hash = HashJob(None, self.target.name, [(tmp, 0, sys.maxsize)]).start()
         return want if self.limit is None else min(want, self.limit - self._in_part)
 
     def _advance(self, count: int) -> None:
@@ -205,7 +206,7 @@ class _InputChecks:
     def add(self, entry: Entry, local: Path) -> None:
         """Hash `local` against `entry` (on a worker)."""
         self._locals[entry.path] = local
-        self._pool.add(HashJob(entry, local.name, local, 0, entry.size))
+        self._pool.add(HashJob(entry, local.name, [(local, 0, entry.size)], entry.size))
 
     def finish(self) -> None:
         """Wait for every check; name the first file that no longer matches."""

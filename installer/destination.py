@@ -12,10 +12,24 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import (
+    IO,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
 from .errors import InstallError
-from .hashing import copy_range, sha256_file
+from .hashing import Segment, copy_range, sha256_file
 from .plan import LINKED_COMMANDS, Link, Placement
 from .transaction import missing_folders
 
@@ -120,18 +134,21 @@ class HostDestination:
         return final
 
     def stage_copy(
-        self, placement: Placement, extent: Tuple[int, int], published: Progress
+        self, placement: Placement, segments: Sequence[Segment], published: Progress
     ) -> Path:
-        """Copy a member's bytes from the bundle file to a temporary name, in the kernel.
+        """Copy a member's bytes from the bundle's file(s) to a temporary name, in the kernel.
 
         `published(n)` says that the first n bytes are in the staged file: a HashPool job hashes
         them there, behind the copy, and the pool is checked before any rename. A bundle that
         ends early raises EOFError.
         """
         final, fd = self._open_staged(placement)
-        source, offset = extent
         try:
-            copy_range(source, offset, placement.size, fd, published)
+            done = 0
+            for file, offset, length in segments:
+                with _opened(file) as source:
+                    copy_range(source, offset, length, fd, _shifted(published, done))
+                done += length
             os.fchmod(fd, placement.mode)
         except OSError as exc:
             raise InstallError(
@@ -174,6 +191,24 @@ class HostDestination:
                     f"cannot create {path}: {exc.strerror}", "Run as root."
                 ) from None
             self._created_dirs.append(path)
+
+
+def _shifted(published: Progress, base: int) -> Progress:
+    """published(base + n): counts within one segment, as counts within the whole member."""
+    return lambda count: published(base + count)
+
+
+@contextlib.contextmanager
+def _opened(file: Union[int, Path]) -> Iterator[int]:
+    """A descriptor for a segment's file: the open one, or the path opened for the copy."""
+    if isinstance(file, int):
+        yield file
+        return
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _unquote(value: str) -> str:

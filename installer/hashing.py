@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .errors import IntegrityError
 from .manifest import Entry
@@ -102,26 +102,31 @@ def truncated(bundle: str, member: str) -> IntegrityError:
     return IntegrityError(f"{bundle} is truncated inside {member}")
 
 
-class HashJob:
-    """sha256 of a region of a file, hashed as the bytes arrive; checked against an entry.
+Segment = Tuple[Union[int, Path], int, int]  # (open descriptor or path, offset, length)
 
-    The file is an open descriptor (the bundle, whose bytes are all there) or the path of a file
-    that a writer is filling: it calls `publish(n)` when the first n bytes are in place (and
-    `publish(n, final=True)` when there will be no more), and the worker opens the path once
-    there is something to read. A job for a manifest entry knows its size and compares the
-    result with the entry; a job without one leaves the digest in `sha256`.
+
+class HashJob:
+    """sha256 of a member's bytes, hashed as they arrive; checked against its manifest entry.
+
+    The bytes are a list of segments (a member of a split bundle may span two parts). A segment
+    names an open descriptor (the bundle, whose bytes are all there) or the path of a file that a
+    copier is filling: it calls `publish(n)` when the first n bytes are in place, and the worker
+    opens the path once there is something to read. Without an entry the job hashes until
+    `publish(n, final=True)` and leaves the digest in `sha256`.
     """
+
+    rank = 1  # which error to report first when several jobs fail (lower first)
+    counts = True  # whether its bytes count as progress
 
     def __init__(
         self,
         entry: Optional[Entry],
         bundle: str,
-        file: Union[int, Path],
-        offset: int = 0,
+        segments: Sequence[Segment],
         available: int = 0,
     ) -> None:
         self.entry, self.bundle = entry, bundle
-        self._file, self._offset = file, offset
+        self._segments = list(segments)
         self._available, self._cancelled = available, False
         self._final: Optional[int] = entry.size if entry is not None else None
         self._ready = threading.Condition()
@@ -133,7 +138,7 @@ class HashJob:
     @property
     def label(self) -> str:
         """What is hashed, for messages."""
-        return self.entry.path if self.entry is not None else str(self._file)
+        return self.entry.path if self.entry is not None else str(self._segments[0][0])
 
     def publish(self, count: int, final: bool = False) -> None:
         """The first `count` bytes may now be hashed (and, when final, nothing comes after)."""
@@ -157,41 +162,38 @@ class HashJob:
         assert self.sha256 is not None, "the job was cancelled"
         return self.sha256
 
+    def check(self, actual: str) -> None:
+        """Compare the digest with what it must be (the entry's, when there is one)."""
+        if self.entry is not None and actual != self.entry.sha256:
+            raise corrupted(self.entry, self.bundle, actual)
+
     def run(self, buffer: memoryview) -> None:
-        """Hash every byte (in a worker), then compare with the entry when there is one."""
-        fd = -1
+        """Hash every byte (in a worker), then check the digest."""
+        reader = _SegmentReader(self._segments)
         try:
             digest = hashlib.sha256()
             while True:
                 limit = self._wait_for_bytes()
                 if limit is None:
                     return
-                if fd < 0 and limit > self.hashed:
-                    fd = self._open()
-                self._hash_until(limit, fd, buffer, digest)
+                self._hash_until(limit, reader, buffer, digest)
                 if self._final is not None and self.hashed >= self._final:
                     break
             self.sha256 = digest.hexdigest()
-            if self.entry is not None and self.sha256 != self.entry.sha256:
-                raise corrupted(self.entry, self.bundle, self.sha256)
+            self.check(self.sha256)
         except IntegrityError as exc:
             self.error = exc
         except OSError as exc:
             self.error = IntegrityError(f"cannot read {self.label}: {exc.strerror}")
         finally:
-            if fd >= 0 and not isinstance(self._file, int):
-                os.close(fd)
+            reader.close()
             self.done.set()
 
-    def _open(self) -> int:
-        if isinstance(self._file, int):
-            return self._file
-        return os.open(self._file, os.O_RDONLY)
-
-    def _hash_until(self, limit: int, fd: int, buffer: memoryview, digest: Any) -> None:
+    def _hash_until(
+        self, limit: int, reader: _SegmentReader, buffer: memoryview, digest: Any
+    ) -> None:
         while self.hashed < limit:
-            want = min(len(buffer), limit - self.hashed)
-            count = os.preadv(fd, [buffer[:want]], self._offset + self.hashed)
+            count = reader.readinto(self.hashed, buffer[: min(len(buffer), limit - self.hashed)])
             if count <= 0:
                 raise truncated(self.bundle, self.label)
             digest.update(buffer[:count])
@@ -210,10 +212,66 @@ class HashJob:
     def start(self) -> HashJob:
         """Run on a thread of its own (a writer's running hash, which must never queue)."""
         buffer = memoryview(bytearray(CHUNK))
-        threading.Thread(
-            target=self.run, args=(buffer,), name="k3bundle-sha256", daemon=True
-        ).start()
+        thread = threading.Thread(target=self.run, args=(buffer,), name="k3bundle-sha256")
+        thread.daemon = True
+        thread.start()
         return self
+
+
+class PartJob(HashJob):
+    """The sha256 of one part of a split bundle, checked against the parts index."""
+
+    rank = 0  # a damaged part explains a corrupted member in it: name the part first
+    counts = False
+
+    def __init__(self, path: Path, size: int, sha256: str) -> None:
+        super().__init__(None, path.name, [(path, 0, size)], available=size)
+        self._final, self._expected = size, sha256
+
+    def check(self, actual: str) -> None:
+        """A part whose hash differs from the index is damaged."""
+        if actual != self._expected:
+            raise damaged_part(self.bundle)
+
+
+def damaged_part(name: str) -> IntegrityError:
+    """The one message for a part whose bytes differ from the parts index."""
+    return IntegrityError(
+        f"bundle part {name} is damaged (its sha256 does not match the index)",
+        f"Copy {name} again from the build output; the other parts are fine so far.",
+    )
+
+
+class _SegmentReader:
+    """Positional reads across a job's segments, opening paths when first needed."""
+
+    def __init__(self, segments: Sequence[Segment]) -> None:
+        self._segments = segments
+        self._opened: Dict[int, int] = {}
+
+    def readinto(self, position: int, view: memoryview) -> int:
+        """Read at `position` of the joined segments (within one segment); 0 past the end."""
+        start = 0
+        for index, (file, offset, length) in enumerate(self._segments):
+            if position < start + length:
+                want = min(len(view), start + length - position)
+                fd = self._fd(index, file)
+                return os.preadv(fd, [view[:want]], offset + position - start)
+            start += length
+        return 0
+
+    def _fd(self, index: int, file: Union[int, Path]) -> int:
+        if isinstance(file, int):
+            return file
+        if index not in self._opened:
+            self._opened[index] = os.open(file, os.O_RDONLY)
+        return self._opened[index]
+
+    def close(self) -> None:
+        """Close what this reader opened."""
+        for fd in self._opened.values():
+            os.close(fd)
+        self._opened.clear()
 
 
 class HashPool:
@@ -239,21 +297,23 @@ class HashPool:
 
     def poll(self) -> None:
         """Report the bytes hashed since the last report (call from the main thread)."""
-        hashed = sum(job.hashed for job in self.jobs)
+        hashed = sum(job.hashed for job in self.jobs if job.counts)
         if hashed > self._reported:
             self._progress(hashed - self._reported)
             self._reported = hashed
 
     def finish(self) -> None:
-        """Wait for every job; raise the first member's error in manifest order."""
+        """Wait for every job; raise the first error (a damaged part, else in manifest order)."""
         for job in self.jobs:
             while not job.done.wait(0.1):
                 self.poll()
         self.poll()
         self.close()
-        for job in self.jobs:
-            if job.error is not None:
-                raise job.error
+        failed = [job for job in self.jobs if job.error is not None]
+        if failed:
+            first = min(failed, key=lambda job: job.rank)
+            assert first.error is not None
+            raise first.error
 
     def close(self) -> None:
         """Cancel what is left and stop the workers (idempotent)."""

@@ -169,7 +169,7 @@ def _place(
         f"Verifying and placing {source.name}", sum(e.size for e in auth.manifest.entries)
     )
     with HashPool(progress.advance) as pool:
-        for entry, stream in source.payload(auth.manifest):
+        for entry, stream in source.payload(auth.manifest, pool):
             placement = plan.placement_for(entry)
             if placement is None or placement.target in current or options.dry_run:
                 stream.verify_in(pool, progress.advance)

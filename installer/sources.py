@@ -7,6 +7,7 @@ when the bytes do not match the manifest. Nothing here writes to the host.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -28,7 +29,16 @@ from typing import (
 )
 
 from .errors import FormatError, IntegrityError, K3BundleError
-from .hashing import CHUNK, HashJob, HashPool, corrupted, hashed_chunks
+from .hashing import (
+    CHUNK,
+    HashJob,
+    HashPool,
+    PartJob,
+    Segment,
+    corrupted,
+    damaged_part,
+    hashed_chunks,
+)
 from .manifest import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
@@ -109,7 +119,12 @@ def _check_parts_present(parts: Sequence[Part]) -> None:
 
 
 class PartsReader(io.RawIOBase):
-    """The parts of a split bundle read in order as one stream; each part's sha256 is checked."""
+    """The parts of a split bundle read in order as one stream; each part's sha256 is checked.
+
+    Read as a stream, every byte is hashed on the way. Once `hash_in(pool)` is called, each part
+    is hashed whole by a PartJob on the pool instead, and member data can be taken in place
+    (`take`) to be copied and hashed by the kernel and the pool.
+    """
 
     def __init__(self, parts: Sequence[Part]) -> None:
         super().__init__()
@@ -117,10 +132,18 @@ class PartsReader(io.RawIOBase):
         self._current: Optional[IO[bytes]] = None
         self._hash = hashlib.sha256()
         self._next = 0
+        self._pool: Optional[HashPool] = None
+        self.jobs: List[PartJob] = []
 
     def readable(self) -> bool:
         """Parts are read, never written."""
         return True
+
+    def hash_in(self, pool: HashPool) -> None:
+        """From now on, hash each part whole on `pool` (the open one and those opened later)."""
+        self._pool = pool
+        if self._current is not None:
+            self._submit(self._parts[self._next])
 
     def readinto(self, buffer: Any) -> int:
         """Fill `buffer` from the current part, moving to the next one at its end."""
@@ -130,21 +153,64 @@ class PartsReader(io.RawIOBase):
             assert self._current is not None
             count = self._current.readinto(buffer)  # type: ignore[attr-defined]
             if count:
-                self._hash.update(memoryview(buffer)[:count])
+                if self._pool is None:
+                    self._hash.update(memoryview(buffer)[:count])
                 return int(count)
             self._finish_part()
 
+    def take(self, size: int) -> Optional[List[Segment]]:
+        """The next `size` bytes as (part path, offset, length) segments, skipped, not read.
+
+        None while parts are hashed as a stream (every byte must pass through the hash). Fewer
+        bytes than asked when the parts end first.
+        """
+        if self._pool is None:
+            return None
+        segments: List[Segment] = []
+        while size > 0 and (self._current is not None or self._open_next()):
+            assert self._current is not None
+            part = self._parts[self._next]
+            position = self._current.tell()
+            count = min(size, part.size - position)
+            if count <= 0:
+                self._finish_part()
+                continue
+            segments.append((part.path, position, count))
+            self._current.seek(count, io.SEEK_CUR)
+            size -= count
+        return segments
+
     def drain(self) -> None:
-        """Read to the end so that every part's hash is checked."""
+        """Read to the end so that every part's hash is checked (or queued on the pool)."""
         while self.read(CHUNK):
             pass
+
+    def blame(self) -> None:
+        """After a failure: raise naming a damaged part, if one is."""
+        if self._pool is None:
+            self.drain()
+            return
+        with contextlib.suppress(K3BundleError):
+            self.drain()
+        for job in self.jobs:
+            job.done.wait()
+            if job.error is not None:
+                raise job.error
 
     def _open_next(self) -> bool:
         if self._next >= len(self._parts):
             return False
-        self._current = open(self._parts[self._next].path, "rb")  # noqa: SIM115
+        part = self._parts[self._next]
+        self._current = open(part.path, "rb")  # noqa: SIM115
         self._hash = hashlib.sha256()
+        if self._pool is not None:
+            self._submit(part)
         return True
+
+    def _submit(self, part: Part) -> None:
+        assert self._pool is not None
+        self.jobs.append(PartJob(part.path, part.size, part.sha256))
+        self._pool.add(self.jobs[-1])
 
     def _finish_part(self) -> None:
         part = self._parts[self._next]
@@ -152,12 +218,8 @@ class PartsReader(io.RawIOBase):
         self._current.close()
         self._current = None
         self._next += 1
-        if self._hash.hexdigest() != part.sha256:
-            raise IntegrityError(
-                f"bundle part {part.path.name} is damaged (its sha256 does not match the index)",
-                f"Copy {part.path.name} again from the build output; "
-                "the other parts are fine so far.",
-            )
+        if self._pool is None and self._hash.hexdigest() != part.sha256:
+            raise damaged_part(part.path.name)
 
     def close(self) -> None:
         """Close the open part."""
@@ -181,8 +243,8 @@ class VerifyingStream:
         self._seen = 0
         self.checked = False
 
-    def extent(self) -> Optional[Tuple[int, int]]:
-        """(descriptor, offset) of the member's bytes in the bundle file, or None for a stream.
+    def extent(self) -> Optional[List[Segment]]:
+        """Where the member's bytes lie in the bundle's file(s), or None when read as a stream.
 
         Whoever takes the extent owns the verification: the stream no longer checks anything.
         """
@@ -194,7 +256,7 @@ class VerifyingStream:
 
     def staged_job(self, staged: Path) -> HashJob:
         """A job that hashes the staged copy of this member as a copier fills it."""
-        return HashJob(self.entry, self.bundle, staged, 0, 0)
+        return HashJob(self.entry, self.bundle, [(staged, 0, self.entry.size)], 0)
 
     def verify_in(self, pool: HashPool, progress: Callable[[int], None]) -> None:
         """Verify without placing: a pool job over the bytes in place, else read through."""
@@ -202,7 +264,7 @@ class VerifyingStream:
         if extent is None:
             self.drain(progress)
         else:
-            pool.add(HashJob(self.entry, self.bundle, extent[0], extent[1], self.entry.size))
+            pool.add(HashJob(self.entry, self.bundle, extent, self.entry.size))
 
     def readinto(self, view: memoryview) -> int:
         """Read into `view` and hash; at the end compare size and sha256 with the manifest."""
@@ -321,12 +383,21 @@ class BundleSource:
                 f"{self.name} is not a tar archive (or is truncated at its start)"
             ) from None
 
-    def payload(self, manifest: Manifest) -> Iterator[Tuple[Entry, VerifyingStream]]:
-        """Yield each payload member with a verifying stream, enforcing the manifest's list."""
+    def payload(
+        self, manifest: Manifest, pool: Optional[HashPool] = None
+    ) -> Iterator[Tuple[Entry, VerifyingStream]]:
+        """Yield each payload member with a verifying stream, enforcing the manifest's list.
+
+        With a pool, the parts of a split bundle are hashed on it and their members can be
+        taken in place like those of a single file.
+        """
+        if pool is not None and self._parts_reader is not None:
+            self._parts_reader.hash_in(pool)
         try:
             yield from self._payload(manifest)
-        except IntegrityError:
-            self._blame_part()
+        except K3BundleError as exc:
+            if isinstance(exc, IntegrityError) or pool is not None:
+                self._blame_part()
             raise
 
     def _payload(self, manifest: Manifest) -> Iterator[Tuple[Entry, VerifyingStream]]:
@@ -366,7 +437,7 @@ class BundleSource:
 
     def _blame_part(self) -> None:
         if self._parts_reader is not None:
-            self._parts_reader.drain()  # raises naming the damaged part, if one is
+            self._parts_reader.blame()  # raises naming the damaged part, if one is
 
     def _next_member(self, expecting: str = END_BLOCKS) -> Optional[tarfile.TarInfo]:
         if self._pending is not None:

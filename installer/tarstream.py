@@ -11,9 +11,10 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-from typing import Dict, Optional, Protocol, Tuple
+from typing import Dict, List, Optional, Protocol
 
 from .errors import FormatError, IntegrityError
+from .hashing import Segment
 
 BLOCK = 512
 _ZERO = bytes(BLOCK)
@@ -73,19 +74,26 @@ class TarStream:
         self._remaining -= count
         return count
 
-    def take_extent(self) -> Optional[Tuple[int, int]]:
-        """(descriptor, offset) of the current member's unread data in a plain bundle file.
+    def take_extent(self) -> Optional[List[Segment]]:
+        """Where the current member's unread data lies: (file, offset, length) segments.
 
         The stream moves past the data without reading it: the caller copies and hashes it in
-        place. None when the archive is not one seekable file (the parts of a split bundle).
+        place. None when the archive can only be read as a stream.
         """
-        raw = self._raw
-        if not isinstance(raw, io.FileIO) or not raw.seekable():
-            return None
-        offset = raw.tell()
-        raw.seek(self._remaining, os.SEEK_CUR)
+        raw, size = self._raw, self._remaining
+        if isinstance(raw, io.FileIO) and raw.seekable():
+            offset = raw.tell()
+            raw.seek(size, os.SEEK_CUR)
+            segments: Optional[List[Segment]] = [(raw.fileno(), offset, size)]
+        else:
+            take = getattr(raw, "take", None)
+            segments = take(size) if take is not None else None
+            if segments is None:
+                return None
+            if sum(length for _, _, length in segments) != size:
+                raise IntegrityError(f"{self._label} is truncated inside {self._member}")
         self._remaining = 0
-        return raw.fileno(), offset
+        return segments
 
     def read_all(self) -> bytes:
         """The current member's whole data (for the small manifest and signature members)."""

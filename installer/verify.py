@@ -70,7 +70,7 @@ def verify_bundle(
     with source:
         progress.start(f"Verifying {source.name}", sum(e.size for e in auth.manifest.entries))
         with HashPool(progress.advance) as pool:
-            for _entry, stream in source.payload(auth.manifest):
+            for _entry, stream in source.payload(auth.manifest, pool):
                 stream.verify_in(pool, progress.advance)
             pool.finish()
         progress.finish()

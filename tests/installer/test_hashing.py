@@ -92,7 +92,7 @@ def test_hash_job_follows_a_file_as_it_is_written(tmp_path: Path) -> None:
     staged = tmp_path / "staged"
     staged.write_bytes(b"")
     with HashPool() as pool:
-        job = pool.add(HashJob(entry_for(DATA), "b.tar", staged, 0, 0))
+        job = pool.add(HashJob(entry_for(DATA), "b.tar", [(staged, 0, len(DATA))], 0))
         with open(staged, "ab", buffering=0) as out:
             for start in range(0, len(DATA), 1 << 20):
                 out.write(DATA[start : start + (1 << 20)])
@@ -105,7 +105,7 @@ def test_hash_job_names_the_member_whose_bytes_differ(tmp_path: Path) -> None:
     staged = tmp_path / "staged"
     staged.write_bytes(DATA[:-1] + b"\0")
     with HashPool() as pool, pytest.raises(IntegrityError) as raised:
-        pool.add(HashJob(entry_for(DATA), "b.tar", staged, 0, len(DATA)))
+        pool.add(HashJob(entry_for(DATA), "b.tar", [(staged, 0, len(DATA))], len(DATA)))
         pool.finish()
     assert "amd64/k3s in b.tar is corrupted" in str(raised.value)
     assert hashlib.sha256(DATA).hexdigest() in str(raised.value)
@@ -117,9 +117,9 @@ def test_pool_reports_every_hashed_byte_and_the_first_error_in_order(tmp_path: P
     bad.write_bytes(DATA[:100])  # shorter than its entry says: truncated
     seen: List[int] = []
     with HashPool(seen.append) as pool, pytest.raises(IntegrityError) as raised:
-        pool.add(HashJob(entry_for(DATA, "a"), "b.tar", good, 0, len(DATA)))
-        pool.add(HashJob(entry_for(DATA, "b"), "b.tar", bad, 0, len(DATA)))
-        pool.add(HashJob(entry_for(DATA, "c"), "b.tar", good, 0, len(DATA)))
+        pool.add(HashJob(entry_for(DATA, "a"), "b.tar", [(good, 0, len(DATA))], len(DATA)))
+        pool.add(HashJob(entry_for(DATA, "b"), "b.tar", [(bad, 0, len(DATA))], len(DATA)))
+        pool.add(HashJob(entry_for(DATA, "c"), "b.tar", [(good, 0, len(DATA))], len(DATA)))
         pool.finish()
     assert "b.tar is truncated inside b" in str(raised.value)
     assert sum(seen) == 2 * len(DATA) + 100
@@ -129,7 +129,9 @@ def test_closing_the_pool_stops_jobs_still_waiting_for_bytes(tmp_path: Path) -> 
     staged = tmp_path / "staged"
     staged.write_bytes(b"")
     pool = HashPool()
-    job = pool.add(HashJob(entry_for(DATA), "b.tar", staged, 0, 0))  # nothing ever published
+    job = pool.add(
+        HashJob(entry_for(DATA), "b.tar", [(staged, 0, len(DATA))], 0)
+    )  # nothing ever published
     closer = threading.Thread(target=pool.close)
     closer.start()
     closer.join(10)

@@ -13,6 +13,7 @@ import pytest
 
 from k3bundle.installer import cli as installer_cli
 from k3bundle.installer.errors import IntegrityError
+from k3bundle.installer.hashing import HashPool, PartJob, Segment
 from k3bundle.installer.manifest import parse
 from k3bundle.installer.sources import BundleSource, resolve_parts
 from tests.helpers import KeyFiles, make_bundle, make_keys, run_k3bundle
@@ -129,6 +130,41 @@ def test_parts_read_as_one_stream_give_the_same_members_as_one_tar(
             )
     assert read["bundle.tar"] == read["bundle.tar.000"]
     assert len(read["bundle.tar"][1]) == 4
+
+
+def _segment_bytes(segments: List[Segment]) -> bytes:
+    out = b""
+    for file, offset, length in segments:
+        assert isinstance(file, Path)
+        with open(file, "rb") as handle:
+            handle.seek(offset)
+            out += handle.read(length)
+    return out
+
+
+def test_members_of_parts_are_taken_in_place_across_part_boundaries(
+    tmp_path: Path, key: KeyFiles
+) -> None:
+    """With a pool, members are copied from the parts in place, even one that spans two parts,
+    and every part is still hashed whole."""
+    folder = _split_bundle(tmp_path, key)
+    whole = make_bundle(tmp_path / "whole", signer=key).files[0]
+    with BundleSource(str(whole)) as source:
+        manifest = parse(source.read_header().manifest)
+        expected = {entry.path: stream.read() for entry, stream in source.payload(manifest)}
+    taken, spanning = {}, 0
+    with BundleSource(str(folder / "bundle.tar.000")) as source, HashPool() as pool:
+        manifest = parse(source.read_header().manifest)
+        for entry, stream in source.payload(manifest, pool):
+            segments = stream.extent()
+            assert segments is not None
+            spanning += len({file for file, _, _ in segments}) > 1
+            taken[entry.path] = _segment_bytes(segments)
+        pool.finish()
+        part_jobs = [job for job in pool.jobs if isinstance(job, PartJob)]
+    assert taken == expected
+    assert spanning >= 1
+    assert len(part_jobs) == len(_parts(folder)) and all(job.sha256 for job in part_jobs)
 
 
 def _all_files(folder: Path) -> List[Path]:
