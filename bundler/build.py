@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -12,15 +13,16 @@ from k3bundle.installer.errors import FetchError
 from k3bundle.installer.hashing import sha256_file
 from k3bundle.installer.manifest import Entry, Manifest, check_arch
 from k3bundle.installer.progress import Progress
+from k3bundle.installer.sources import PARTS_SUFFIX
 
-from . import release
+from . import release, uptodate
 from .cache import Cache
 from .charts import ChartSpec
 from .extras import RegistryOptions, collect, parse_images
 from .fetch import Download, Fetcher, FetchEvents, FetchSettings, NotFoundError
 from .keys import Prompt, Signer, load_signer
 from .reference import Reference
-from .writer import BundleOutput, write_bundle
+from .writer import BundleOutput, source_date_epoch, write_bundle
 from .zipapp import write_zipapp
 
 INSTALLER_NAME = "k3bundle-install.pyz"
@@ -48,6 +50,7 @@ class BuildSettings:
     images: Tuple[str, ...] = ()
     charts: Tuple[ChartSpec, ...] = ()
     registries: RegistryOptions = field(default_factory=RegistryOptions)
+    force: bool = False  # write everything again even when DIR already holds this build
 
 
 @dataclass
@@ -63,6 +66,7 @@ class BuildResult:
     signed_by: Optional[str]
     downloaded_bytes: int
     files: List[Path] = field(default_factory=list)
+    up_to_date: bool = False  # DIR already held this very build; nothing was rewritten
 
 
 @dataclass(frozen=True)
@@ -135,31 +139,86 @@ def _finish(
     )
     manifest = replace(manifest, entries=(*manifest.entries, *extras.entries), extra=extras.meta)
     files.update(extras.files)
-    settings.output.mkdir(parents=True, exist_ok=True)
-    previous = _previous_outputs(settings.output)
-    target = (
-        settings.output / f"{settings.name or default_name(resolved.version, settings.arches)}.tar"
+    output = settings.output
+    output.mkdir(parents=True, exist_ok=True)
+    target = output / f"{settings.name or default_name(resolved.version, settings.arches)}.tar"
+    installer = write_zipapp(work / INSTALLER_NAME)
+    digest = uptodate.recipe(
+        manifest.to_bytes(),
+        signer.key_id if signer else None,
+        settings.split,
+        target.name,
+        sha256_file(installer),
+        source_date_epoch(),
     )
-    bar = progress or Progress()
-    bar.start(f"Writing {target.name}", sum(e.size for e in manifest.entries))
-    fresh = {e.path for e in manifest.entries if e.sha256 in fetcher.downloaded}
-    bundle = write_bundle(target, manifest, files, signer, settings.split, bar.advance, fresh)
-    bar.finish()
-    installer = write_zipapp(settings.output / INSTALLER_NAME)
-    _remove(settings.output, previous - {p.name for p in [*bundle.files, installer]})
-    sums = _write_sums(settings.output, bundle, installer)
-    key_id = signer.key_id if signer else None
-    written = [*bundle.files, installer, sums]
+    stamp = None if settings.force else uptodate.current(cache, output, digest)
+    if stamp is not None:
+        bundle = _recorded_bundle(output, stamp, manifest)
+    else:
+        uptodate.forget(cache, output)
+        bundle = _write(settings, manifest, files, target, installer, fetcher, signer, progress)
+        record = {"bundle": {"files": [p.name for p in bundle.files], "size": bundle.size}}
+        outputs = _outputs(output, bundle)
+        uptodate.save(cache, output, digest, outputs, _sha256s(output, bundle), record)
     return BuildResult(
         resolved.version,
         resolved.how,
         settings.arches,
         bundle,
-        installer,
-        sums,
-        key_id,
+        output / INSTALLER_NAME,
+        output / SUMS_NAME,
+        signer.key_id if signer else None,
         fetcher.transferred,
-        written,
+        _outputs(output, bundle),
+        up_to_date=stamp is not None,
+    )
+
+
+def _write(
+    settings: BuildSettings,
+    manifest: Manifest,
+    files: Mapping[str, Path],
+    target: Path,
+    installer: Path,
+    fetcher: Fetcher,
+    signer: Optional[Signer],
+    progress: Optional[Progress],
+) -> BundleOutput:
+    """Write the bundle, the installer and SHA256SUMS; then remove the previous build's files."""
+    output = settings.output
+    previous = _previous_outputs(output)
+    bar = progress or Progress()
+    bar.start(f"Writing {target.name}", sum(e.size for e in manifest.entries))
+    fresh = {e.path for e in manifest.entries if e.sha256 in fetcher.downloaded}
+    bundle = write_bundle(target, manifest, files, signer, settings.split, bar.advance, fresh)
+    bar.finish()
+    shutil.copyfile(installer, output / INSTALLER_NAME)
+    _remove(output, previous - {p.name for p in [*bundle.files, output / INSTALLER_NAME]})
+    _write_sums(output, bundle, output / INSTALLER_NAME)
+    return bundle
+
+
+def _outputs(output: Path, bundle: BundleOutput) -> List[Path]:
+    return [*bundle.files, output / INSTALLER_NAME, output / SUMS_NAME]
+
+
+def _sha256s(output: Path, bundle: BundleOutput) -> Dict[str, str]:
+    sha256s = dict(bundle.sha256s)
+    sha256s[INSTALLER_NAME] = sha256_file(output / INSTALLER_NAME)
+    sha256s[SUMS_NAME] = sha256_file(output / SUMS_NAME)
+    return sha256s
+
+
+def _recorded_bundle(output: Path, stamp: Mapping[str, Any], manifest: Manifest) -> BundleOutput:
+    """The BundleOutput of the build DIR already holds, from its stamp."""
+    names = [str(name) for name in stamp["bundle"]["files"]]
+    index = next((output / n for n in names if n.endswith(PARTS_SUFFIX)), None)
+    return BundleOutput(
+        [output / n for n in names],
+        hashlib.sha256(manifest.to_bytes()).hexdigest(),
+        int(stamp["bundle"]["size"]),
+        index,
+        {n: str(stamp["files"][n]["sha256"]) for n in names},
     )
 
 

@@ -134,6 +134,11 @@ from .writer import parse_size
     metavar="HOST",
     help="Talk plain HTTP to this registry (repeatable), e.g. 127.0.0.1:5000.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write everything again even when -o already holds this very build.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars; only the summary.")
 @click.option(
     "-v", "--verbose", is_flag=True, help="Say what happens to each file; tracebacks on errors."
@@ -200,6 +205,7 @@ def settings_from(spec: Spec, flags: Dict[str, Any]) -> BuildSettings:
             insecure=tuple(flags["insecure_registry"]),
             auth=parse_registry_auth(flags["registry_auth"]),
         ),
+        force=flags["force"],
     )
 
 
@@ -219,6 +225,7 @@ def result_json(result: BuildResult) -> Dict[str, Any]:
         "files": [str(p) for p in result.files],
         "size": result.bundle.size,
         "downloaded_bytes": result.downloaded_bytes,
+        "up_to_date": result.up_to_date,
     }
 
 
@@ -232,6 +239,14 @@ def summary_lines(result: BuildResult) -> List[str]:
         f"for {', '.join(result.arches)}, "
         f"{human_size(result.bundle.size)}, {signed}.",
         f"Downloaded {human_size(result.downloaded_bytes)}; everything else came from the cache.",
+    ]
+    if result.up_to_date:
+        lines[0] = lines[0].replace("Built ", "Up to date: ", 1)
+        lines.append(
+            f"{folder}/ already held this very build, untouched since: nothing was written "
+            "again (--force writes it anyway)."
+        )
+    lines += [
         "",
         f"Next steps: copy everything in {folder}/ to the USB stick:",
     ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import platform
 import random
 import socket
@@ -388,6 +390,54 @@ def test_output_folder_holds_one_bundle_the_installer_and_sha256sums(
     assert sorted(check.stdout.splitlines()) == sorted(
         [f"{bundle}: OK", "k3bundle-install.pyz: OK"]
     )
+
+
+def _stats(folder: Path) -> Dict[str, Tuple[int, int, str]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, sha256_of(p)) for p in folder.iterdir()}
+
+
+def test_same_build_into_the_same_folder_is_up_to_date_and_writes_nothing(
+    run_build: BuildRun, server: ReleaseServer, signer: KeyFiles, tmp_path: Path
+) -> None:
+    args = ("--version", VERSION, "--arch", "amd64", "--sign-key", str(signer.private))
+    code, output = run_build(*args, "--split", "100K")
+    assert code == 0, output
+    dist = tmp_path / "dist"
+    before, hits = _stats(dist), payload_hits(server)
+    code, output = run_build(*args, "--split", "100K")
+    assert code == 0, output
+    assert output.startswith("Up to date: k3s-v1.31.4-k3s1-amd64.tar.000")
+    assert "nothing was written again (--force writes it anyway)" in output
+    assert _stats(dist) == before  # same inodes and mtimes: not one file rewritten
+    assert payload_hits(server) == hits
+    assert sha256sum_check(dist).returncode == 0
+    code, output = run_build(*args, "--split", "100K", "--json")
+    assert json.loads(output)["up_to_date"] is True
+
+
+def test_a_changed_output_file_or_input_or_force_writes_the_build_again(
+    run_build: BuildRun, signer: KeyFiles, tmp_path: Path
+) -> None:
+    args = ("--version", VERSION, "--arch", "amd64")
+    assert run_build(*args)[0] == 0
+    dist = tmp_path / "dist"
+    bundle = dist / "k3s-v1.31.4-k3s1-amd64.tar"
+    good = sha256_of(bundle)
+    stat = bundle.stat()
+    with open(bundle, "r+b") as handle:  # damage it, then put its mtime back
+        handle.write(b"\0")
+    os.utime(bundle, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    code, output = run_build(*args)
+    assert code == 0 and "\nBuilt k3s-" in f"\n{output}" and "Up to date" not in output, output
+    assert sha256_of(bundle) == good and sha256sum_check(dist).returncode == 0
+    code, output = run_build(*args, "--sign-key", str(signer.private))  # another input
+    assert code == 0 and "\nBuilt k3s-" in f"\n{output}" and "Up to date" not in output, output
+    before = _stats(dist)
+    code, output = run_build(*args, "--sign-key", str(signer.private), "--force")
+    assert code == 0 and "\nBuilt k3s-" in f"\n{output}" and "Up to date" not in output, output
+    after = _stats(dist)
+    assert {n: s[2] for n, s in after.items()} == {n: s[2] for n, s in before.items()}
+    assert after[bundle.name][0] != before[bundle.name][0]  # written again (a new file)
 
 
 def test_second_build_into_the_same_folder_leaves_only_the_new_bundle(
