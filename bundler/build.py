@@ -12,8 +12,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, 
 from k3bundle.installer.errors import FetchError
 from k3bundle.installer.hashing import sha256_file
 from k3bundle.installer.manifest import Entry, Manifest, check_arch
+from k3bundle.installer.parts import PARTS_SUFFIX
 from k3bundle.installer.progress import Progress
-from k3bundle.installer.sources import PARTS_SUFFIX
 
 from . import release, uptodate
 from .cache import Cache

@@ -18,8 +18,8 @@ from typing import Any, Callable, Collection, Dict, List, Mapping, Optional
 from k3bundle.installer.errors import IntegrityError, UsageError
 from k3bundle.installer.hashing import HashJob, HashPool, copy_range, sha256_file
 from k3bundle.installer.manifest import MANIFEST_NAME, SIGNATURE_NAME, Entry, Manifest
+from k3bundle.installer.parts import PARTS_FORMAT, parts_index_path
 from k3bundle.installer.signature import Signature
-from k3bundle.installer.sources import PARTS_FORMAT, parts_index_path
 
 FAT32_MAX = 4 * 1024**3 - 1
 BLOCK = 512

@@ -15,7 +15,8 @@ from k3bundle.installer import cli as installer_cli
 from k3bundle.installer.errors import IntegrityError
 from k3bundle.installer.hashing import HashPool, PartJob, Segment
 from k3bundle.installer.manifest import parse
-from k3bundle.installer.sources import BundleSource, resolve_parts
+from k3bundle.installer.parts import resolve_parts
+from k3bundle.installer.sources import BundleSource
 from tests.helpers import KeyFiles, make_bundle, make_keys, run_k3bundle
 
 SPLIT = 100_000
