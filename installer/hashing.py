@@ -177,6 +177,8 @@ class HashJob:
                 if limit is None:
                     return
                 self._hash_until(limit, reader, buffer, digest)
+                if self._cancelled:
+                    return
                 if self._final is not None and self.hashed >= self._final:
                     break
             self.sha256 = digest.hexdigest()
@@ -192,7 +194,7 @@ class HashJob:
     def _hash_until(
         self, limit: int, reader: _SegmentReader, buffer: memoryview, digest: Any
     ) -> None:
-        while self.hashed < limit:
+        while self.hashed < limit and not self._cancelled:  # cancelled: stop within a chunk
             count = reader.readinto(self.hashed, buffer[: min(len(buffer), limit - self.hashed)])
             if count <= 0:
                 raise truncated(self.bundle, self.label)

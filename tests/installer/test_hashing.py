@@ -138,6 +138,19 @@ def test_closing_the_pool_stops_jobs_still_waiting_for_bytes(tmp_path: Path) -> 
     assert not closer.is_alive() and job.done.is_set() and job.hashed == 0
 
 
+def test_closing_the_pool_stops_a_long_job_within_a_chunk(tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    with open(big, "wb") as out:
+        out.truncate(1 << 30)  # 1 GiB, sparse: hashing all of it would take most of a second
+    pool = HashPool(workers=1)
+    entry = Entry("big", 1 << 30, "0" * 64, "images", 0o644, "amd64")
+    job = pool.add(HashJob(entry, "b.tar", [(big, 0, 1 << 30)], 1 << 30))
+    while job.hashed == 0 and not job.done.wait(0.001):
+        pass
+    pool.close()
+    assert job.done.is_set() and 0 < job.hashed < 1 << 30 and job.error is None
+
+
 def test_install_checks_the_staged_copy_not_only_the_bundle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
