@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -182,6 +183,47 @@ def test_install_from_a_bundle_on_another_filesystem(tmp_path: Path, shm: Path) 
     local, _ = payload["amd64/k3s-airgap-images-amd64.tar.zst"]
     placed = root / "var/lib/rancher/k3s/agent/images/k3s-airgap-images-amd64.tar.zst"
     assert placed.read_bytes() == local.read_bytes()
+
+
+@pytest.fixture
+def small_root(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs as the root: a real filesystem that fills up in the middle of a copy."""
+    root = tmp_path / "small-root"
+    root.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", str(root)], check=False)
+
+
+def test_a_disk_that_fills_up_during_the_copy_changes_nothing(
+    tmp_path: Path, small_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signer = make_keys(tmp_path)
+    bundle = make_bundle(tmp_path, ("amd64",), signer, image_size=3_000_000).files[0]
+    (small_root / "etc").mkdir()
+    (small_root / "etc" / "hostname").write_text("node-1\n")
+    before = snapshot(small_root)
+    real_statvfs = os.statvfs
+
+    class Roomy:  # the free-space check would refuse first; let the copy meet the full disk
+        f_frsize, f_bavail = 4096, 1 << 30
+
+    monkeypatch.setattr(
+        os, "statvfs", lambda path: Roomy() if "small-root" in str(path) else real_statvfs(path)
+    )
+    result = install_amd64(bundle, small_root, signer)
+    assert result.returncode == 7, result.stderr
+    assert "cannot copy /var/lib/rancher/k3s/agent/images/" in result.stderr
+    assert "No space left on device" in result.stderr
+    assert snapshot(small_root) == before
 
 
 def test_verify_hashes_every_member_in_the_pool_and_counts_every_byte(tmp_path: Path) -> None:
