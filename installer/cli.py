@@ -19,7 +19,7 @@ from .install import install
 from .lifecycle import rollback, status, uninstall
 from .plan import Options
 from .progress import Progress, TextProgress, human_size
-from .service import run_command
+from .service import is_host_root, run_command
 from .verify import inspect_bundle, verify_bundle
 from .yaml_subset import load_config_file
 
@@ -122,6 +122,21 @@ def _install_parser(sub: Any) -> None:
     )
     parser.add_argument(
         "--adopt", action="store_true", help="take over a k3s installed by other means"
+    )
+    parser.add_argument(
+        "--sync",
+        dest="sync",
+        action="store_true",
+        default=None,
+        help="flush every written file to disk before the commit, so a power cut cannot leave a "
+        "committed install with missing data (the default without --root)",
+    )
+    parser.add_argument(
+        "--no-sync",
+        dest="sync",
+        action="store_false",
+        help="leave flushing to the kernel (the default with --root DIR: an image or chroot is "
+        "flushed when it is unmounted)",
     )
 
 
@@ -258,6 +273,7 @@ def _install(args: argparse.Namespace, progress: Progress) -> int:
         image_cache=args.image_cache,
         allow_downgrade=args.allow_downgrade,
         adopt=args.adopt,
+        sync=is_host_root(args.root) if args.sync is None else args.sync,
         environ=dict(os.environ),
     )
     outcome = install(options, _reporter(args), progress)

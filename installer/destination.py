@@ -118,7 +118,13 @@ class HostDestination:
                 found[key.strip()] = _unquote(value.strip())
         return found
 
-    def stage(self, placement: Placement, chunks: Iterable[memoryview], progress: Progress) -> Path:
+    def stage(
+        self,
+        placement: Placement,
+        chunks: Iterable[memoryview],
+        progress: Progress,
+        sync: bool = False,
+    ) -> Path:
         """Write chunks to a temporary name beside the target.
 
         Payload chunks come from sources.VerifyingStream, which hashes them as they pass and
@@ -131,6 +137,8 @@ class HostDestination:
                 _write_all(out, chunk)
                 progress(len(chunk))
             os.fchmod(out.fileno(), placement.mode)
+            if sync:
+                os.fsync(out.fileno())
         return final
 
     def stage_copy(

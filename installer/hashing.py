@@ -108,6 +108,8 @@ Segment = Tuple[Union[int, Path], int, int]  # (open descriptor or path, offset,
 class HashJob:
     """sha256 of a member's bytes, hashed as they arrive; checked against its manifest entry.
 
+    With `sync`, a staged copy that checked out is also flushed to disk (fsync) by the worker.
+
     The bytes are a list of segments (a member of a split bundle may span two parts). A segment
     names an open descriptor (the bundle, whose bytes are all there) or the path of a file that a
     copier is filling: it calls `publish(n)` when the first n bytes are in place, and the worker
@@ -124,9 +126,10 @@ class HashJob:
         bundle: str,
         segments: Sequence[Segment],
         available: int = 0,
+        sync: bool = False,
     ) -> None:
         self.entry, self.bundle = entry, bundle
-        self._segments = list(segments)
+        self._segments, self._sync = list(segments), sync
         self._available, self._cancelled = available, False
         self._final: Optional[int] = entry.size if entry is not None else None
         self._ready = threading.Condition()
@@ -183,6 +186,8 @@ class HashJob:
                     break
             self.sha256 = digest.hexdigest()
             self.check(self.sha256)
+            if self._sync:
+                reader.sync()  # the verified bytes are on disk before anything commits
         except IntegrityError as exc:
             self.error = exc
         except OSError as exc:
@@ -268,6 +273,11 @@ class _SegmentReader:
         if index not in self._opened:
             self._opened[index] = os.open(file, os.O_RDONLY)
         return self._opened[index]
+
+    def sync(self) -> None:
+        """fsync the files this reader opened (a staged copy, once it has checked out)."""
+        for fd in self._opened.values():
+            os.fsync(fd)
 
     def close(self) -> None:
         """Close what this reader opened."""

@@ -56,7 +56,7 @@ def install(
     options: Options, report: Report, progress: Progress, runner: Runner = run_command
 ) -> Outcome:
     """Verify the bundle and place everything it carries for this host, all or nothing."""
-    journal = Journal(options.root)
+    journal = Journal(options.root, durable=options.sync)
     recover(journal, report, options.dry_run)
     source, auth = open_authenticated(
         options.bundle, options.pubkeys, options.root, options.allow_unsigned
@@ -174,12 +174,13 @@ def _place(
             if placement is None or placement.target in current or options.dry_run:
                 stream.verify_in(pool, progress.advance)
             else:
-                _stage_member(dest, placement, stream, pool, progress)
+                _stage_member(dest, placement, stream, pool, progress, options.sync)
         pool.finish()
     progress.finish()
     for placement in plan.files:
         if placement.entry is None and placement.target not in current and not options.dry_run:
-            dest.stage(placement, [memoryview(placement.content or b"")], lambda n: None)
+            content = [memoryview(placement.content or b"")]
+            dest.stage(placement, content, lambda n: None, options.sync)
 
 
 def _stage_member(
@@ -188,13 +189,14 @@ def _stage_member(
     stream: VerifyingStream,
     pool: HashPool,
     progress: Progress,
+    sync: bool,
 ) -> None:
     """Copy in the kernel and hash behind the copy when the bundle is one file, else stream."""
     extent = stream.extent()
     if extent is None:
-        dest.stage(placement, stream.chunks(), progress.advance)
+        dest.stage(placement, stream.chunks(), progress.advance, sync)
         return
-    job = pool.add(stream.staged_job(dest.staged_path(placement.target)))
+    job = pool.add(stream.staged_job(dest.staged_path(placement.target), sync))
 
     def published(count: int) -> None:
         job.publish(count)

@@ -61,6 +61,7 @@ class Options:
     image_cache: bool = False
     allow_downgrade: bool = False
     adopt: bool = False
+    sync: bool = False  # flush every written file to disk before the commit
     environ: Mapping[str, str] = field(default_factory=dict)
 
 

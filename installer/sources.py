@@ -71,9 +71,10 @@ class VerifyingStream:
         self.checked = extent is not None
         return extent
 
-    def staged_job(self, staged: Path) -> HashJob:
-        """A job that hashes the staged copy of this member as a copier fills it."""
-        return HashJob(self.entry, self.bundle, [(staged, 0, self.entry.size)], 0)
+    def staged_job(self, staged: Path, sync: bool = False) -> HashJob:
+        """A job that hashes the staged copy of this member as a copier fills it (and, with
+        `sync`, flushes it to disk once it checked out)."""
+        return HashJob(self.entry, self.bundle, [(staged, 0, self.entry.size)], 0, sync)
 
     def verify_in(self, pool: HashPool, progress: Callable[[int], None]) -> None:
         """Verify without placing: a pool job over the bytes in place, else read through."""

@@ -41,8 +41,8 @@ class Change:
 class Journal:
     """The journal file of one root, and the commit protocol it protects."""
 
-    def __init__(self, root: str) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str, durable: bool = False) -> None:
+        self.root, self.durable = Path(root), durable
         self.path = self.host(JOURNAL_PATH)
         self._tmp = self.path.with_name(self.path.name + ".tmp")  # the next journal, until renamed
         self._created: List[Path] = []  # folders made for the journal, removed by discard()
@@ -84,6 +84,8 @@ class Journal:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
+        if self.durable:
+            _fsync_dir(self.path.parent)
 
     def begin_staging(self, staged: List[str], dirs: List[str]) -> None:
         """Record what staging may leave behind, before it writes anything."""
@@ -134,6 +136,9 @@ class Journal:
             self._write(doc)
         self._apply(change)
         self._keep_previous(change)
+        if self.durable:  # the renames are on disk before the journal that replays them goes
+            for folder in sorted({self.host(t).parent for _, t in change.moves}):
+                _fsync_dir(folder)
         self.path.unlink()
 
     def _backup(self, change: Change) -> None:
@@ -210,3 +215,12 @@ def _symlink(path: Path, target: str) -> None:
 def previous_file(root: str, target: str) -> Path:
     """Where the previous generation keeps its copy of `target`."""
     return Path(root) / PREVIOUS_DIR.lstrip("/") / "files" / target.lstrip("/")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (a rename, a new file) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterator, List
+from typing import Dict, Iterator, List
 
 import pytest
 
@@ -224,6 +226,59 @@ def test_a_disk_that_fills_up_during_the_copy_changes_nothing(
     assert "cannot copy /var/lib/rancher/k3s/agent/images/" in result.stderr
     assert "No space left on device" in result.stderr
     assert snapshot(small_root) == before
+
+
+def _traced_install(tmp_path: Path, *args: str) -> List[str]:
+    """strace (fsync and renames, paths shown) of a whole install with ARGS, as lines."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is missing")
+    signer = make_keys(tmp_path)
+    bundle = make_bundle(tmp_path, ("amd64",), signer, image_size=3_000_000).files[0]
+    trace, root = tmp_path / "trace", tmp_path / "root"
+    argv = [sys.executable, "-m", "k3bundle.installer", "install", str(bundle), "--root", str(root)]
+    argv += ["--pubkey", str(signer.public), "--arch", "amd64", "-q", *args]
+    strace = ["strace", "-f", "-qq", "-y", "-o", str(trace)]
+    done = subprocess.run(
+        [*strace, "-e", "trace=fsync,rename,renameat,renameat2", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0 and "ptrace" in done.stderr:
+        pytest.skip("strace cannot trace here")
+    assert done.returncode == 0, done.stderr
+    return trace.read_text().splitlines()
+
+
+_STAGED_FSYNC = re.compile(r"fsync\(\d+<([^>]*\.k3bundle-tmp)>")
+_STAGED_RENAME = re.compile(r'rename\w*\(.*?"([^"]*\.k3bundle-tmp)"')
+
+
+def test_sync_flushes_every_staged_file_before_it_is_renamed_into_place(tmp_path: Path) -> None:
+    lines = _traced_install(tmp_path, "--sync")
+    flushed: Dict[str, int] = {}
+    renamed: Dict[str, int] = {}
+    for number, line in enumerate(lines):
+        for pattern, seen in ((_STAGED_FSYNC, flushed), (_STAGED_RENAME, renamed)):
+            match = pattern.search(line)
+            if match:
+                seen.setdefault(match.group(1), number)
+    files = {path for path in renamed if not os.path.islink(_final(path))}  # links: no data
+    assert len(files) >= 7  # the binary, the images, the unit, its env, scripts, the record
+    assert files <= set(flushed), files - set(flushed)
+    assert all(flushed[path] < renamed[path] for path in files)
+
+
+def _final(staged: str) -> str:
+    """/x/.name.k3bundle-tmp -> /x/name."""
+    folder, name = os.path.split(staged)
+    return os.path.join(folder, name[1 : -len(".k3bundle-tmp")])
+
+
+def test_under_root_dir_nothing_is_flushed_unless_asked(tmp_path: Path) -> None:
+    lines = _traced_install(tmp_path)
+    assert any(_STAGED_RENAME.search(line) for line in lines)
+    assert not [line for line in lines if _STAGED_FSYNC.search(line)]
 
 
 def test_verify_hashes_every_member_in_the_pool_and_counts_every_byte(tmp_path: Path) -> None:
