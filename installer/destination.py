@@ -105,6 +105,11 @@ class HostDestination:
             missing.extend(p for p in chain if p not in missing)
         return missing
 
+    def missing_targets(self, targets: Iterable[str]) -> List[str]:
+        """The folders (as target paths, like "/etc/rancher/k3s") these targets would create."""
+        inside = [Path(p).relative_to(self.root) for p in self.missing_dirs(targets)]
+        return [f"/{p}" for p in inside if p != Path(".")]  # never the root folder itself
+
     def read_env(self, target: str) -> Dict[str, str]:
         """KEY="value" lines of an env file we wrote (empty when missing)."""
         try:

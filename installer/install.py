@@ -120,7 +120,14 @@ def _plan(
     host = resolve_host(options, auth.manifest, previous, old_env, bin_dir, old_config)
     commands = dest.existing_commands()
     plan = plan_install(
-        auth.manifest, auth.bundle_id, options, host_arch(options), commands, previous, host
+        auth.manifest,
+        auth.bundle_id,
+        options,
+        host_arch(options),
+        commands,
+        previous,
+        host,
+        dest.missing_targets,
     )
     return plan, host
 

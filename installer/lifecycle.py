@@ -163,11 +163,29 @@ def uninstall(
     removed = [*files, *links, RECORD_PATH]
     for path in removed:
         report(("would remove " if dry_run else "removed ") + path)
-    if not dry_run:
-        journal.commit(Change([], [*files, RECORD_PATH], [], links, [], keep_previous=False))
-        _remove_state_dir(dest)
-        if purge:
-            removed += _purge(dest, report)
+    folders = [str(f) for f in record.get("folders", []) if isinstance(f, str)]
+    if dry_run:
+        for folder in sorted(folders, reverse=True):
+            report(f"would remove {folder}/ if nothing else is left in it")
+        return removed
+    journal.commit(Change([], [*files, RECORD_PATH], [], links, [], keep_previous=False))
+    _remove_state_dir(dest)
+    removed += _remove_empty_folders(dest, folders, report)
+    if purge:
+        removed += _purge(dest, report)
+    return removed
+
+
+def _remove_empty_folders(dest: HostDestination, folders: List[str], report: Report) -> List[str]:
+    """The folders installs created, deepest first, each only when nothing else is in it."""
+    removed = []
+    for folder in sorted(folders, key=lambda f: f.count("/"), reverse=True):
+        try:
+            dest.path(folder).rmdir()
+        except OSError:  # not empty (k3s's data, someone's files) or already gone
+            continue
+        report(f"removed {folder}/")
+        removed.append(folder)
     return removed
 
 

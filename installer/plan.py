@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from . import units
 from .config import dump_yaml
@@ -143,8 +143,13 @@ def plan_install(
     existing_commands: Set[str],
     previous: Optional[Mapping[str, Any]] = None,
     host: Optional[HostSettings] = None,
+    missing: Callable[[Sequence[str]], Sequence[str]] = lambda targets: (),
 ) -> Plan:
-    """Decide every file and link of the install; the record comes last."""
+    """Decide every file and link of the install; the record comes last.
+
+    `missing(targets)` names the folders placing those targets would create (the caller looks
+    at the host): the record keeps them, with those of earlier installs, for uninstall.
+    """
     host = host or resolve_host(options, manifest)
     wanted = manifest.for_arch(arch)
     chosen = [e for e in wanted if host.role == "server" or e.kind not in SERVER_ONLY]
@@ -159,7 +164,9 @@ def plan_install(
         wants = f"{SYSTEMD_DIR}/multi-user.target.wants/{service}.service"
         links.append(Link(wants, f"{SYSTEMD_DIR}/{service}.service"))
     files = [*payload, *generated]
-    record = _record(manifest, bundle_id, arch, host, files, links, previous)
+    targets = [*(p.target for p in files), *(link.path for link in links), RECORD_PATH]
+    folders = _folders(previous, missing(targets))
+    record = _record(manifest, bundle_id, arch, host, files, links, previous, folders)
     files.append(Placement(RECORD_PATH, 0o600, content=record))
     skipped = tuple(e for e in manifest.entries if e not in chosen)
     return Plan(arch, service, tuple(files), tuple(links), skipped)
@@ -306,6 +313,7 @@ def _record(
     files: Sequence[Placement],
     links: Sequence[Link],
     previous: Optional[Mapping[str, Any]],
+    folders: Sequence[str],
 ) -> bytes:
     doc: Dict[str, Any] = {
         "format": RECORD_FORMAT,
@@ -317,9 +325,16 @@ def _record(
         "ensured": [IMAGE_CACHE] if host.image_cache else [],
         "files": [_record_file(p) for p in files],
         "links": [{"path": link.path, "target": link.target} for link in links],
+        "folders": list(folders),
         "previous": _previous(previous, bundle_id),
     }
     return canonical_json(doc) + b"\n"
+
+
+def _folders(previous: Optional[Mapping[str, Any]], created: Sequence[str]) -> List[str]:
+    """Folders k3bundle created, by this install or an earlier one: uninstall's to remove."""
+    earlier = [str(f) for f in (previous or {}).get("folders", []) if isinstance(f, str)]
+    return sorted({*earlier, *created})
 
 
 def _record_file(placement: Placement) -> Dict[str, Any]:

@@ -317,6 +317,35 @@ def test_uninstall_removes_exactly_what_the_record_lists(
     assert files_left == {p for p, (_, d) in neighbours.items() if d != "dir"} | set(mine)
 
 
+def test_install_upgrade_uninstall_leaves_the_tree_exactly_as_before(
+    bundles: Bundles, tmp_path: Path, signer: KeyFiles
+) -> None:
+    """Folders the installs created go too (deepest first); folders that were there stay."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "hostname").write_text("node-1\n")
+    (tmp_path / "usr/local/bin").mkdir(parents=True)  # there before: stays, even when empty
+    before = snapshot(tmp_path)
+    installed(bundles[0], tmp_path, signer)
+    installed(bundles[1], tmp_path, signer)
+    folders = record_of(tmp_path)["folders"]
+    assert "/etc/rancher/k3s" in folders and "/usr/local/bin" not in folders
+    result = command("uninstall", "--root", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "removed /etc/rancher/k3s/" in result.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_uninstall_keeps_a_created_folder_that_holds_someone_elses_file(
+    bundles: Bundles, tmp_path: Path, signer: KeyFiles
+) -> None:
+    installed(bundles[0], tmp_path, signer)
+    (tmp_path / "etc/rancher/k3s/notes.txt").write_text("mine\n")
+    result = command("uninstall", "--root", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "etc/rancher/k3s/notes.txt").read_text() == "mine\n"
+    assert not (tmp_path / "etc/rancher/k3s/config.yaml").exists()
+
+
 def test_uninstall_purge_also_removes_k3s_data_and_config(
     bundles: Bundles, tmp_path: Path, signer: KeyFiles
 ) -> None:
