@@ -257,7 +257,11 @@ def _checksums(
     url = release.asset_url(settings.release_url, version, release.checksum_name(arch))
     text = cache.recall(url) if settings.fetch.offline else None
     if text is None and settings.fetch.offline:
-        raise FetchError(f"--offline: {url} is not in the cache", "Build once with network access.")
+        raise FetchError(
+            f"--offline: {url} is not in the cache",
+            "Build once with network access; if the cache was filled from a mirror, pass the same "
+            "--release-url (cached checksum files are kept by their URL).",
+        )
     if text is None:
         try:
             text = fetcher.get_text(url)

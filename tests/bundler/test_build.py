@@ -329,6 +329,7 @@ def test_offline_with_an_empty_cache_fails_saying_what_is_missing(
     assert code == 8
     url = server.url_for(VERSION, "sha256sum-amd64.txt")
     assert f"--offline: {url} is not in the cache" in output
+    assert "pass the same --release-url" in output
     code, output = run_build("--offline", "--channel", "stable", "--arch", "amd64")
     assert code == 8
     assert "channel 'stable' was never resolved with this cache" in output
