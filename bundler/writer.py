@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Collection, Dict, List, Mapping, Optional
 
+from k3bundle.installer.copying import copy_range
 from k3bundle.installer.errors import IntegrityError, UsageError
-from k3bundle.installer.hashing import HashJob, HashPool, copy_range, sha256_file
+from k3bundle.installer.hashing import HashJob, HashPool, sha256_file
 from k3bundle.installer.manifest import MANIFEST_NAME, SIGNATURE_NAME, Entry, Manifest
 from k3bundle.installer.parts import PARTS_FORMAT, parts_index_path
 from k3bundle.installer.signature import Signature

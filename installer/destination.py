@@ -28,8 +28,9 @@ from typing import (
     Union,
 )
 
+from .copying import copy_range
 from .errors import InstallError
-from .hashing import Segment, copy_range, sha256_file
+from .hashing import Segment, sha256_file
 from .plan import LINKED_COMMANDS, Link, Placement
 from .transaction import missing_folders
 

@@ -1,7 +1,7 @@
 """sha256 of payload bytes: file hashes, a two-buffer streaming hasher, and a pool of hash workers.
 
 The fast path of install and verify: a member of a plain bundle file is copied by the kernel
-(copy_file_range, else sendfile) into its staged file, and a worker thread hashes the staged file
+(copying.py) into its staged file, and a worker thread hashes the staged file
 right behind the copy, so what is checked is exactly what will be renamed into place. hashlib
 releases the GIL, so sha256 of one member runs on one core while the next member is copied and
 hashed on another: sha256 costs about as much as tar's whole extraction, and spreading it over
@@ -10,7 +10,6 @@ the cores is what keeps install close to `tar -xf`.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import queue
@@ -22,8 +21,6 @@ from .errors import IntegrityError
 from .manifest import Entry
 
 CHUNK = 1 << 20
-COPY_CHUNK = 8 << 20  # how far the kernel copies before the hash worker is told to go on
-_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
 
 
 def sha256_file(path: Path) -> str:
@@ -350,45 +347,3 @@ class HashPool:
             if job is None:
                 return
             job.run(buffer)
-
-
-def copy_range(src: int, offset: int, size: int, dst: int, publish: Callable[[int], None]) -> None:
-    """Copy `size` bytes at `offset` of `src` to the start of `dst`, in the kernel when it can.
-
-    copy_file_range works within one filesystem; sendfile copies between any two files (a
-    bundle on a FAT32 stick into /var); plain reads and writes are the last resort. A source that
-    ends early raises EOFError.
-    """
-    done = 0
-    copy = _copy_file_range
-    while done < size:
-        want = min(COPY_CHUNK, size - done)
-        try:
-            count = copy(src, dst, offset + done, want)
-        except OSError as exc:
-            if exc.errno not in _NO_KERNEL_COPY or copy is _read_write:
-                raise
-            copy = _sendfile if copy is _copy_file_range else _read_write
-            continue
-        if count <= 0:
-            raise EOFError(offset + done)
-        done += count
-        publish(done)
-
-
-def _copy_file_range(src: int, dst: int, offset: int, count: int) -> int:
-    if not hasattr(os, "copy_file_range"):  # Python built without it
-        raise OSError(errno.ENOSYS, "copy_file_range is not available")
-    return os.copy_file_range(src, dst, count, offset)
-
-
-def _sendfile(src: int, dst: int, offset: int, count: int) -> int:
-    return os.sendfile(dst, src, offset, count)
-
-
-def _read_write(src: int, dst: int, offset: int, count: int) -> int:
-    data = os.pread(src, min(count, CHUNK), offset)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(dst, view) :]
-    return len(data)
