@@ -19,10 +19,10 @@ from . import release
 from .build import BuildResult, BuildSettings, build
 from .cache import default_cache_dir
 from .charts import ChartSpec, chart_from_spec, parse_chart_flag
+from .credentials import parse_registry_auth
 from .extras import RegistryOptions
 from .fetch import Download, FetchEvents, FetchSettings
 from .progress import TqdmProgress
-from .registry import parse_registry_auth
 from .spec import Spec, load_spec
 from .terminal import prompt_secret
 from .writer import parse_size

@@ -12,10 +12,11 @@ from k3bundle.installer.manifest import Entry
 
 from .cache import Cache
 from .charts import ChartSpec, check_chart, check_unique, fetch_chart, helmchart_manifest
+from .credentials import Credentials
 from .fetch import Fetcher
 from .images import PulledImage, pull_all, write_archive
 from .reference import Reference, parse_reference
-from .registry import Credentials, RegistryClient
+from .registry import RegistryClient
 
 Warn = Callable[[str], None]
 _SUFFIX = {"zst": ".tar.zst", "gz": ".tar.gz", "tar": ".tar"}

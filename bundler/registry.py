@@ -10,8 +10,6 @@ against their digest, and blobs are streamed into the Cache and admitted only wh
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
@@ -20,15 +18,16 @@ import time
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
-from typing import Any, Callable, Collection, Dict, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Collection, Dict, Mapping, Optional, Tuple, TypeVar
 
 import oras.auth  # type: ignore[import-untyped]
 import oras.provider  # type: ignore[import-untyped]
 import requests
 
-from k3bundle.installer.errors import FetchError, IntegrityError, UsageError
+from k3bundle.installer.errors import FetchError, IntegrityError
 
 from .cache import Cache
+from .credentials import Credentials, docker_config_auths, registry_host
 from .fetch import (
     BUFFER,
     RETRY_STATUS,
@@ -38,9 +37,8 @@ from .fetch import (
     NotFoundError,
     hash_prefix,
 )
-from .reference import DOCKER_HUB, Reference
+from .reference import Reference
 
-Credentials = Tuple[str, str]
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -106,51 +104,6 @@ class _Retry(Exception):
     def __init__(self, reason: str, delay: Optional[float] = None) -> None:
         super().__init__(reason)
         self.reason, self.delay = reason, delay
-
-
-def registry_host(name: str) -> str:
-    """A registry host as k3bundle compares them: no scheme or path, lowercase, Hub as docker.io."""
-    host = name.strip().lower().split("://", 1)[-1].split("/", 1)[0]
-    return DOCKER_HUB if host in ("index.docker.io", "registry-1.docker.io") else host
-
-
-def parse_registry_auth(values: Sequence[str]) -> Dict[str, Credentials]:
-    """`--registry-auth HOST=USER:PASSWORD` values as {host: (user, password)}."""
-    found: Dict[str, Credentials] = {}
-    for value in values:
-        host, equals, userpass = value.partition("=")
-        user, colon, password = userpass.partition(":")
-        if not (equals and colon and host.strip() and user):
-            raise UsageError(
-                f"--registry-auth {host}=…: expected HOST=USER:PASSWORD",
-                "For example --registry-auth ghcr.io=me:TOKEN (quote it for the shell).",
-            )
-        found[registry_host(host)] = (user, password)
-    return found
-
-
-def docker_config_auths(path: Path) -> Dict[str, Credentials]:
-    """Credentials from a docker config.json "auths" (base64 "auth"); helpers are ignored."""
-    try:
-        config = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise UsageError(
-            f"cannot read the docker config {path}: {exc}",
-            "Fix or move the file, or pass --registry-auth HOST=USER:PASSWORD instead.",
-        ) from None
-    auths = config.get("auths") if isinstance(config, dict) else None
-    found: Dict[str, Credentials] = {}
-    for host, entry in (auths if isinstance(auths, dict) else {}).items():
-        encoded = entry.get("auth") if isinstance(entry, dict) else None
-        try:
-            user, colon, password = base64.b64decode(str(encoded or "")).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            continue  # an entry we cannot read is one we do not use
-        if colon and user:
-            found[registry_host(host)] = (user, password)
-    return found
 
 
 class RegistryClient:

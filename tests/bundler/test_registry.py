@@ -14,6 +14,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 import pytest
 
 from k3bundle.bundler.cache import Cache
+from k3bundle.bundler.credentials import docker_config_auths, parse_registry_auth
 from k3bundle.bundler.fetch import FetchSettings, NotFoundError
 from k3bundle.bundler.reference import Reference, parse_reference
 from k3bundle.bundler.registry import (
@@ -22,8 +23,6 @@ from k3bundle.bundler.registry import (
     OCI_INDEX,
     OCI_MANIFEST,
     RegistryClient,
-    docker_config_auths,
-    parse_registry_auth,
 )
 from k3bundle.installer.errors import FetchError, IntegrityError, UsageError
 from tests.oci_registry import (
