@@ -7,6 +7,7 @@ import string
 from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import UsageError
+from .yaml_scalars import ESCAPES, HEX_WIDTH, chomp, resolve
 
 PLAIN = "write it in plain YAML without anchors, aliases, tags or multiple documents, or as JSON"
 # A mapping key ends at the first ':' before a space or the line end, unless a comment comes first.
@@ -15,22 +16,6 @@ _VALUE_COLON = re.compile(r":(?:[ \t]|$)")
 _COMMENT = re.compile(r"[ \t]#")
 _FLOW_END = re.compile(r"[,\[\]{}]|:(?=[ \t,\[\]{}]|$)|[ \t]#")
 _HEADER = re.compile(r"([|>])([-+]?)([1-9]?)([-+]?)(?:[ \t]+#.*)?[ \t]*")
-_INT = re.compile(r"[-+]?[0-9]+")
-_INT_BASE = re.compile(r"0o[0-7]+|0x[0-9a-fA-F]+")
-_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?")
-_CONSTANTS: Dict[str, Any] = {
-    **{word: None for word in ("", "~", "null", "Null", "NULL")},
-    **{word: True for word in ("true", "True", "TRUE")},
-    **{word: False for word in ("false", "False", "FALSE")},
-    **{
-        sign + word: float(sign + "inf")
-        for sign in ("", "+", "-")
-        for word in (".inf", ".Inf", ".INF")
-    },
-    **{word: float("nan") for word in (".nan", ".NaN", ".NAN")},
-}
-_ESCAPES = dict(zip('0abtnvfre "/\\N_LP\t', '\0\a\b\t\n\v\f\r\x1b "/\\\x85\xa0\u2028\u2029\t'))
-_HEX_WIDTH = {"x": 2, "u": 4, "U": 8}
 _UNSUPPORTED = {"&": "anchors (&name)", "*": "aliases (*name)", "!": "tags (!name, !!type)"}
 
 
@@ -51,19 +36,6 @@ def load_config_file(path: str) -> Dict[str, Any]:
     return parse_yaml(text, path)
 
 
-def _resolve(text: str) -> Any:
-    """A plain scalar by the YAML 1.2 core schema; leading-zero integers stay strings."""
-    if text in _CONSTANTS:
-        return _CONSTANTS[text]
-    if _INT.fullmatch(text):
-        # "0644" is octal in YAML 1.1 and decimal in 1.2; keep what the user wrote (file modes).
-        digits = text.lstrip("+-")
-        return text if len(digits) > 1 and digits[0] == "0" else int(text)
-    if _INT_BASE.fullmatch(text):
-        return int(text[2:], 8 if text[1] == "o" else 16)
-    return float(text) if _FLOAT.fullmatch(text) else text
-
-
 def _is_dash(line: str, col: int) -> bool:
     """True when a block sequence item ('- ') starts at `col`."""
     return line[col : col + 1] == "-" and line[col + 1 : col + 2] in ("", " ", "\t")
@@ -74,38 +46,6 @@ def _skip_blanks(line: str, col: int) -> int:
     while col < len(line) and line[col] in " \t":
         col += 1
     return col
-
-
-def _fold(lines: List[str]) -> str:
-    """Folded (>) block scalar text: single breaks between plain lines become spaces."""
-    out, blanks = "", 0
-    previous: Optional[bool] = None
-    for line in lines:
-        if not line.strip(" "):
-            blanks += 1
-            continue
-        normal = line[:1] not in (" ", "\t")
-        if previous is None:
-            out += "\n" * blanks
-        elif previous and normal:
-            out += "\n" * blanks if blanks else " "
-        else:
-            out += "\n" * (blanks + 1)
-        out, previous, blanks = out + line, normal, 0
-    return out
-
-
-def _chomp(lines: List[str], folded: bool, chomp: str) -> str:
-    """Block scalar text, trailing line breaks clipped (default), stripped (-) or kept (+)."""
-    end = len(lines)
-    while end and not lines[end - 1].strip(" "):
-        end -= 1
-    body = _fold(lines[:end]) if folded else "\n".join(lines[:end])
-    if not end:
-        return "\n" * len(lines) if chomp == "+" else ""
-    if chomp == "-":
-        return body
-    return body + "\n" * (len(lines) - end + 1 if chomp == "+" else 1)
 
 
 class _Reader:
@@ -276,7 +216,7 @@ class _Reader:
             text = line[col:end].rstrip(" \t")
             if _VALUE_COLON.search(text):
                 raise self.fail(row, "a value cannot hold ': ' or end with ':'", "quote the value")
-            value = _resolve(text)
+            value = resolve(text)
         self._line_end(row, end)
         self.row = row + 1
         return value
@@ -297,7 +237,7 @@ class _Reader:
             raise self.fail(self.row, "a bad block scalar header", fix)
         digit = header.group(3)
         lines = self._scalar_lines(parent + int(digit) if digit else None, parent)
-        return _chomp(lines, header.group(1) == ">", header.group(2) or header.group(4))
+        return chomp(lines, header.group(1) == ">", header.group(2) or header.group(4))
 
     def _scalar_lines(self, indent: Optional[int], parent: int) -> List[str]:
         """The block scalar's lines below the header, with `indent` (or the first's) removed."""
@@ -337,9 +277,9 @@ class _Reader:
 
     def _unescape(self, row: int, line: str, i: int) -> Tuple[str, int]:
         """The character a double-quote escape stands for (`i` is after the backslash)."""
-        if line[i] in _ESCAPES:
-            return _ESCAPES[line[i]], i + 1
-        width = _HEX_WIDTH.get(line[i], 0)
+        if line[i] in ESCAPES:
+            return ESCAPES[line[i]], i + 1
+        width = HEX_WIDTH.get(line[i], 0)
         digits = line[i + 1 : i + 1 + width]
         if not width or len(digits) != width or not set(digits) <= set(string.hexdigits):
             raise self.fail(
@@ -375,7 +315,7 @@ class _Reader:
             text, end = self._quoted(row, col)
             return text, row, end
         text, end = self._flow_plain(row, col)
-        return _resolve(text), row, end
+        return resolve(text), row, end
 
     def _flow_plain(self, row: int, col: int) -> Tuple[str, int]:
         """The text of a plain scalar inside a flow collection and the column after it."""
