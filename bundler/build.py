@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -22,7 +23,7 @@ from .extras import RegistryOptions, collect, parse_images
 from .fetch import Download, Fetcher, FetchEvents, FetchSettings, NotFoundError
 from .keys import Prompt, Signer, load_signer
 from .reference import Reference
-from .writer import BundleOutput, source_date_epoch, write_bundle
+from .writer import BundleOutput, source_date_epoch, stage_bundle, writer_code_sha256
 from .zipapp import write_zipapp
 
 INSTALLER_NAME = "k3bundle-install.pyz"
@@ -145,6 +146,7 @@ def _finish(
     installer = write_zipapp(work / INSTALLER_NAME)
     digest = uptodate.recipe(
         manifest.to_bytes(),
+        writer_code_sha256(),
         signer.key_id if signer else None,
         settings.split,
         target.name,
@@ -184,18 +186,32 @@ def _write(
     signer: Optional[Signer],
     progress: Optional[Progress],
 ) -> BundleOutput:
-    """Write the bundle, the installer and SHA256SUMS; then remove the previous build's files."""
+    """Write the bundle, the installer and SHA256SUMS, all under temporary names, then rename
+    them into place together and remove the previous build's other files: a build that fails
+    leaves the previous one whole."""
     output = settings.output
     previous = _previous_outputs(output)
     bar = progress or Progress()
     bar.start(f"Writing {target.name}", sum(e.size for e in manifest.entries))
     fresh = {e.path for e in manifest.entries if e.sha256 in fetcher.downloaded}
-    bundle = write_bundle(target, manifest, files, signer, settings.split, bar.advance, fresh)
+    staged = stage_bundle(target, manifest, files, signer, settings.split, bar.advance, fresh)
     bar.finish()
-    shutil.copyfile(installer, output / INSTALLER_NAME)
-    _remove(output, previous - {p.name for p in [*bundle.files, output / INSTALLER_NAME]})
-    _write_sums(output, bundle, output / INSTALLER_NAME)
+    bundle = staged.output
+    try:
+        staged.add(output / INSTALLER_NAME, lambda tmp: _copy_installer(installer, tmp))
+        text = _sums_text(bundle, sha256_file(installer))
+        staged.add(output / SUMS_NAME, lambda tmp: tmp.write_text(text, "utf-8"))
+    except BaseException:
+        staged.abort()
+        raise
+    staged.commit()
+    _remove(output, previous - {final.name for _, final in staged.renames})
     return bundle
+
+
+def _copy_installer(installer: Path, tmp: Path) -> None:
+    shutil.copyfile(installer, tmp)
+    os.chmod(tmp, 0o755)  # it runs as ./k3bundle-install.pyz too (a shebang line)
 
 
 def _outputs(output: Path, bundle: BundleOutput) -> List[Path]:
@@ -336,10 +352,7 @@ def _remove(output: Path, names: Set[str]) -> None:
         (output / name).unlink(missing_ok=True)
 
 
-def _write_sums(output: Path, bundle: BundleOutput, installer: Path) -> Path:
-    hashes = dict(bundle.sha256s)
-    hashes[installer.name] = sha256_file(installer)
-    lines = [f"{sha}  {name}\n" for name, sha in sorted(hashes.items())]
-    path = output / SUMS_NAME
-    path.write_text("".join(lines), "utf-8")
-    return path
+def _sums_text(bundle: BundleOutput, installer_sha256: str) -> str:
+    """SHA256SUMS: every bundle file and the installer, as `sha256sum -c` reads them."""
+    hashes = {**bundle.sha256s, INSTALLER_NAME: installer_sha256}
+    return "".join(f"{sha}  {name}\n" for name, sha in sorted(hashes.items()))

@@ -3,7 +3,8 @@
 A build records, in the cache's index under a key derived from the output folder's absolute
 path (the folder itself keeps exactly the bundle, the installer and SHA256SUMS), the digest of
 everything that decides the outputs' bytes (the manifest, which lists every payload file's
-sha256, the signing key, part size, file name, member timestamps and the installer's own bytes)
+sha256, the code that writes bundles, the signing key, part size, file name, member timestamps
+and the installer's own bytes)
 and, for each file written, its size, inode, mtime and ctime with its sha256. When a rebuild asks
 for the same digest and every file is still untouched, the build is up to date and nothing is
 written again. No tool can set a ctime back, so a file changed in any way since (even with its
@@ -28,6 +29,7 @@ def _key(output: Path) -> str:
 
 def recipe(
     manifest: bytes,
+    writer: str,
     key_id: Optional[str],
     split: Optional[int],
     bundle_name: str,
@@ -37,6 +39,7 @@ def recipe(
     """The digest of everything that decides the bytes of a build's outputs."""
     doc = {
         "manifest": hashlib.sha256(manifest).hexdigest(),
+        "writer": writer,
         "key": key_id,
         "split": split,
         "name": bundle_name,

@@ -13,7 +13,7 @@ import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Collection, Dict, List, Mapping, Optional
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tuple
 
 from k3bundle.installer.copying import copy_range
 from k3bundle.installer.errors import IntegrityError, UsageError
@@ -142,14 +142,12 @@ class _PartWriter:
         self.written.append({"name": self._name().name, "size": self._in_part, "sha256": sha256})
         self._hash, self._in_part = None, 0
 
-    def finish(self) -> List[Path]:
-        """Close the last part and rename every part into place."""
+    def finish(self) -> List[Tuple[Path, Path]]:
+        """Close the last part; every part as (temporary name, final name), not yet renamed."""
         if self._fd >= 0:
             self._close_part()
         final = [self.target.with_name(str(p["name"])) for p in self.written]
-        for path in final:
-            os.replace(self._tmp(path), path)
-        return final
+        return [(self._tmp(path), path) for path in final]
 
     def abort(self) -> None:
         """Remove every temporary part after a failure."""
@@ -189,7 +187,7 @@ def _copy_member(
         if size != entry.size:
             raise _changed(local, f"{size} bytes", f"{entry.size} bytes")
         if checks is not None:
-            checks.add(entry, local)
+            checks.add(entry, local, handle.fileno())
         try:
             sink.copy_from(handle.fileno(), size, progress)
         except EOFError:
@@ -203,11 +201,17 @@ class _InputChecks:
     def __init__(self) -> None:
         self._pool = HashPool()
         self._locals: Dict[str, Path] = {}
+        self._fds: List[int] = []
 
-    def add(self, entry: Entry, local: Path) -> None:
-        """Hash `local` against `entry` (on a worker)."""
+    def add(self, entry: Entry, local: Path, fd: int) -> None:
+        """Hash the file open as `fd` (`local`) against `entry`, on a worker.
+
+        The worker reads its own copy of the very descriptor the kernel copies from: the file
+        checked is the file copied, even if the cache path is replaced meanwhile.
+        """
         self._locals[entry.path] = local
-        self._pool.add(HashJob(entry, local.name, [(local, 0, entry.size)], entry.size))
+        self._fds.append(os.dup(fd))
+        self._pool.add(HashJob(entry, local.name, [(self._fds[-1], 0, entry.size)], entry.size))
 
     def finish(self) -> None:
         """Wait for every check; name the first file that no longer matches."""
@@ -215,13 +219,23 @@ class _InputChecks:
             self._pool.finish()
         except IntegrityError:
             job = next(j for j in self._pool.jobs if j.error is not None)
-            assert job.entry is not None
+            assert job.entry is not None and job.error is not None
             local = self._locals[job.entry.path]
+            if job.sha256 is None:  # not a mismatch: the file could not be read
+                raise IntegrityError(
+                    f"cannot read {local} again to check it: {job.error.message}",
+                    "Check the disk that holds the cache (or pass another --cache-dir).",
+                ) from None
             raise _changed(local, f"sha256 {job.sha256}", f"sha256 {job.entry.sha256}") from None
+        finally:
+            self.close()
 
     def close(self) -> None:
-        """Stop the workers (after a failure elsewhere)."""
+        """Stop the workers and close the descriptors they read (idempotent)."""
         self._pool.close()
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
 
 
 def _changed(local: Path, actual: str, expected: str) -> IntegrityError:
@@ -232,10 +246,40 @@ def _changed(local: Path, actual: str, expected: str) -> IntegrityError:
     )
 
 
+def writer_code_sha256() -> str:
+    """The sha256 of this module's source: the bytes of a bundle follow from it too."""
+    return sha256_file(Path(__file__))
+
+
 def source_date_epoch() -> int:
     """Member mtime: SOURCE_DATE_EPOCH when set, else 0, so bundles are reproducible."""
     value = os.environ.get("SOURCE_DATE_EPOCH", "0")
     return int(value) if value.isdigit() else 0
+
+
+@dataclass
+class Staged:
+    """Outputs written under temporary names: `commit` renames them all into place at once."""
+
+    output: BundleOutput
+    renames: List[Tuple[Path, Path]]  # (temporary name, final name)
+
+    def add(self, final: Path, write: Callable[[Path], object]) -> Path:
+        """Write one more output (the installer, SHA256SUMS) under a temporary name."""
+        tmp = final.with_name(f".{final.name}.tmp")
+        self.renames.append((tmp, final))
+        write(tmp)
+        return final
+
+    def commit(self) -> None:
+        """Rename everything into place; a failure before this leaves every old file as it was."""
+        for tmp, final in self.renames:
+            os.replace(tmp, final)
+
+    def abort(self) -> None:
+        """Remove every temporary file."""
+        for tmp, _ in self.renames:
+            tmp.unlink(missing_ok=True)
 
 
 def write_bundle(
@@ -247,7 +291,22 @@ def write_bundle(
     progress: Progress = lambda n: None,
     fresh: Collection[str] = (),
 ) -> BundleOutput:
-    """Write `manifest` and its payload (member path → local file) as bundle `target`.
+    """Write `manifest` and its payload (member path → local file) as bundle `target`."""
+    staged = stage_bundle(target, manifest, files, signer, split, progress, fresh)
+    staged.commit()
+    return staged.output
+
+
+def stage_bundle(
+    target: Path,
+    manifest: Manifest,
+    files: Mapping[str, Path],
+    signer: Optional[Signer] = None,
+    split: Optional[int] = None,
+    progress: Progress = lambda n: None,
+    fresh: Collection[str] = (),
+) -> Staged:
+    """Write the bundle (its parts and parts index) under temporary names, not yet in place.
 
     Every local file is hashed again while it is copied, except the members named in `fresh`:
     files this very build downloaded or wrote, and hashed while it did.
@@ -263,7 +322,7 @@ def write_bundle(
         _write_members(sink, manifest, data, files, signer, progress, checks, fresh)
         if checks is not None:
             checks.finish()
-        paths = sink.finish()
+        renames = sink.finish()
     except BaseException:
         if checks is not None:
             checks.close()
@@ -271,11 +330,17 @@ def write_bundle(
         raise
     bundle_id = hashlib.sha256(data).hexdigest()
     sha256s = {str(p["name"]): str(p["sha256"]) for p in sink.written}
-    if split is None:
-        return BundleOutput(paths, bundle_id, sink.total, None, sha256s)
-    index = _write_parts_index(target, sink, bundle_id)
-    sha256s[index.name] = sha256_file(index)
-    return BundleOutput([*paths, index], bundle_id, sink.total, index, sha256s)
+    paths = [final for _, final in renames]
+    staged = Staged(BundleOutput(paths, bundle_id, sink.total, None, sha256s), renames)
+    if split is not None:
+        try:
+            index = staged.add(parts_index_path(target), _parts_index(target, sink, bundle_id))
+        except BaseException:
+            staged.abort()
+            raise
+        sha256s[index.name] = sha256_file(staged.renames[-1][0])
+        staged.output = BundleOutput([*paths, index], bundle_id, sink.total, index, sha256s)
+    return staged
 
 
 def _write_members(
@@ -302,11 +367,8 @@ def _write_members(
     sink.write(b"\0" * (end + (-(sink.total + end) % RECORD)))
 
 
-def _write_parts_index(target: Path, sink: _PartWriter, bundle_id: str) -> Path:
-    index = parts_index_path(target)
+def _parts_index(target: Path, sink: _PartWriter, bundle_id: str) -> Callable[[Path], object]:
     doc: Dict[str, Any] = {"format": PARTS_FORMAT, "bundle": target.name, "bundle_id": bundle_id}
     doc.update(size=sink.total, parts=sink.written)
-    tmp = index.with_name(f".{index.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", "utf-8")
-    os.replace(tmp, index)
-    return index
+    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    return lambda tmp: tmp.write_text(text, "utf-8")

@@ -142,7 +142,6 @@ class HostDestination:
             for chunk in chunks:
                 _write_all(out, chunk)
                 progress(len(chunk))
-            os.fchmod(out.fileno(), placement.mode)
             if sync:
                 os.fsync(out.fileno())
         return final
@@ -163,7 +162,6 @@ class HostDestination:
                 with _opened(file) as source:
                     copy_range(source, offset, length, fd, _shifted(published, done))
                 done += length
-            os.fchmod(fd, placement.mode)
         except OSError as exc:
             raise InstallError(
                 f"cannot copy {placement.target} into place: {exc.strerror}",
@@ -183,6 +181,7 @@ class HostDestination:
         except OSError as exc:
             raise InstallError(f"cannot write {final}: {exc.strerror}", "Run as root.") from None
         self._staged.append(Staged(tmp, final))
+        os.fchmod(fd, placement.mode)  # exact (not umask'd), and before any fsync of the file
         return final, fd
 
     def abort(self) -> None:

@@ -189,6 +189,8 @@ class HashJob:
             self.error = exc
         except OSError as exc:
             self.error = IntegrityError(f"cannot read {self.label}: {exc.strerror}")
+        except Exception as exc:  # never pass a job that did not finish (MemoryError, a bug)
+            self.error = IntegrityError(f"could not hash {self.label}: {exc!r}")
         finally:
             reader.close()
             self.done.set()
@@ -318,6 +320,9 @@ class HashPool:
                 self.poll()
         self.poll()
         self.close()
+        for job in self.jobs:
+            if job.error is None and job.sha256 is None:  # it stopped without a digest
+                job.error = IntegrityError(f"{job.label} was not hashed to the end")
         failed = [job for job in self.jobs if job.error is not None]
         if failed:
             first = min(failed, key=lambda job: job.rank)

@@ -17,7 +17,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 STATE_DIR = "/var/lib/k3bundle"
 RECORD_PATH = f"{STATE_DIR}/record.json"
@@ -136,10 +136,25 @@ class Journal:
             self._write(doc)
         self._apply(change)
         self._keep_previous(change)
-        if self.durable:  # the renames are on disk before the journal that replays them goes
-            for folder in sorted({self.host(t).parent for _, t in change.moves}):
-                _fsync_dir(folder)
+        if self.durable:  # what changed is on disk before the journal that replays it goes
+            self._fsync_folders(change)
         self.path.unlink()
+
+    def _fsync_folders(self, change: Change) -> None:
+        """fsync every folder whose entries changed, and the folders above them up to the root
+        (a folder staging created is an entry of its parent)."""
+        changed = [t for _, t in change.moves] + change.removals + change.unlinks
+        changed += [path for path, _ in change.links]
+        folders: Set[Path] = set()
+        for target in changed:
+            folder = self.host(target).parent
+            while folder not in folders and folder != self.root.parent and folder.exists():
+                folders.add(folder)
+                if folder == self.root:
+                    break
+                folder = folder.parent
+        for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+            _fsync_dir(folder)
 
     def _backup(self, change: Change) -> None:
         if not change.backups:  # nothing replaced: the kept previous generation stays as it is

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import pytest
 import requests
 
+from k3bundle.bundler import build as build_module
 from k3bundle.installer.manifest import arch_from_machine
 from tests.helpers import KeyFiles, run_k3bundle
 from tests.release_server import ReleaseServer
@@ -439,6 +441,41 @@ def test_a_changed_output_file_or_input_or_force_writes_the_build_again(
     after = _stats(dist)
     assert {n: s[2] for n, s in after.items()} == {n: s[2] for n, s in before.items()}
     assert after[bundle.name][0] != before[bundle.name][0]  # written again (a new file)
+
+
+def test_a_build_that_fails_at_its_last_step_leaves_the_previous_build_whole(
+    run_build: BuildRun, signer: KeyFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ("--version", VERSION, "--arch", "amd64", "--split", "100K")
+    assert run_build(*args)[0] == 0
+    dist = tmp_path / "dist"
+    before = {p.name: sha256_of(p) for p in dist.iterdir()}
+
+    def disk_full(*args: object) -> str:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(build_module, "_sums_text", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run_build(*args, "--sign-key", str(signer.private))  # same names, other bytes
+    assert {p.name: sha256_of(p) for p in dist.iterdir()} == before  # no temporary file either
+    assert sha256sum_check(dist).returncode == 0
+
+
+def test_the_installer_in_the_output_folder_is_executable(
+    run_build: BuildRun, tmp_path: Path
+) -> None:
+    assert run_build("--version", VERSION, "--arch", "amd64")[0] == 0
+    assert (tmp_path / "dist" / "k3bundle-install.pyz").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_new_bundle_writer_is_not_up_to_date_with_the_old_ones_output(
+    run_build: BuildRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ("--version", VERSION, "--arch", "amd64")
+    assert run_build(*args)[0] == 0
+    monkeypatch.setattr(build_module, "writer_code_sha256", lambda: "0" * 64)
+    code, output = run_build(*args)
+    assert code == 0 and "Up to date" not in output, output
 
 
 def test_second_build_into_the_same_folder_leaves_only_the_new_bundle(

@@ -16,7 +16,7 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from k3bundle.installer import destination
+from k3bundle.installer import destination, hashing
 from k3bundle.installer.copying import COPY_CHUNK, copy_range
 from k3bundle.installer.errors import IntegrityError
 from k3bundle.installer.hashing import HashJob, HashPool
@@ -127,6 +127,23 @@ def test_pool_reports_every_hashed_byte_and_the_first_error_in_order(tmp_path: P
         pool.finish()
     assert "b.tar is truncated inside b" in str(raised.value)
     assert sum(seen) == 2 * len(DATA) + 100
+
+
+def test_a_job_that_fails_unexpectedly_fails_the_pool_and_never_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = tmp_path / "good"
+    good.write_bytes(DATA)
+
+    def broken(*args: object) -> int:
+        raise MemoryError("out of memory")
+
+    monkeypatch.setattr(hashing._SegmentReader, "readinto", broken)
+    with HashPool(workers=2) as pool, pytest.raises(IntegrityError, match="could not hash a"):
+        for name in ("a", "b", "c"):  # more jobs than workers: the workers must survive
+            pool.add(HashJob(entry_for(DATA, name), "b.tar", [(good, 0, len(DATA))], len(DATA)))
+        pool.finish()
+    assert all(job.error is not None for job in pool.jobs)
 
 
 def test_closing_the_pool_stops_jobs_still_waiting_for_bytes(tmp_path: Path) -> None:
