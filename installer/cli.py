@@ -18,8 +18,9 @@ from .errors import EXIT_CODES, K3BundleError, UsageError
 from .install import install
 from .lifecycle import rollback, status, uninstall
 from .plan import Options
-from .progress import Progress, TextProgress, human_size
+from .progress import Progress, TextProgress
 from .service import is_host_root, run_command
+from .summaries import inspect_lines, status_lines, verify_lines
 from .verify import inspect_bundle, verify_bundle
 from .yaml_subset import load_config_file
 
@@ -242,11 +243,11 @@ def _dispatch(args: argparse.Namespace, progress: Progress) -> int:
         return 0
     if args.command == "inspect":
         summary = inspect_bundle(args.bundle)
-        _emit(summary, args.json, _inspect_lines)
+        _emit(summary, args.json, inspect_lines)
         return 0
     if args.command == "verify":
         summary = verify_bundle(args.bundle, args.pubkey, args.root, args.allow_unsigned, progress)
-        _emit(summary, args.json, _verify_lines)
+        _emit(summary, args.json, verify_lines)
         return 0
     return _install(args, progress)
 
@@ -314,23 +315,8 @@ def _status(args: argparse.Namespace) -> int:
     elif not summary["installed"]:
         print(f"k3s is not installed by k3bundle under {args.root}")
     else:
-        print("\n".join(_status_lines(summary)))
+        print("\n".join(status_lines(summary)))
     return 0 if not summary.get("installed") or summary.get("intact") else 9
-
-
-def _status_lines(summary: Dict[str, Any]) -> List[str]:
-    bad = [f for f in summary["files"] if f["state"] != "ok"]
-    previous = (summary.get("previous") or {}).get("k3s_version") or "none"
-    lines = [
-        f"k3s version:   {summary['k3s_version']} ({summary['arch']}, {summary['role']})",
-        f"bundle id:     {summary['bundle_id']}",
-        f"service:       {summary['service']}",
-        f"previous:      {previous} (k3bundle rollback restores it)",
-        f"files:         {len(summary['files'])} recorded, "
-        + ("all match the record" if not bad else f"{len(bad)} do not match"),
-    ]
-    lines += [f"  {item['state']}: {item['path']}" for item in bad]
-    return lines
 
 
 def _emit(
@@ -340,55 +326,6 @@ def _emit(
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
         print("\n".join(lines(summary)))
-
-
-def _inspect_lines(summary: Dict[str, Any]) -> List[str]:
-    signed = summary["signed_by"] or "NOT SIGNED"
-    out = [
-        f"bundle:        {summary['bundle']}",
-        f"bundle id:     {summary['bundle_id']}",
-        f"k3s version:   {summary['k3s_version']}",
-        f"architectures: {', '.join(summary['architectures'])}",
-        f"signed by:     {signed}",
-        f"payload:       {len(summary['files'])} files, {human_size(summary['size'])}",
-    ]
-    for part in summary.get("parts", []):
-        out.append(f"part:          {part['name']} ({human_size(part['size'])})")
-    for image in summary.get("images", []):
-        arches = ",".join(image.get("arches", []))
-        out.append(
-            f"image:         {image.get('name')} ({arches}, {human_size(image.get('size', 0))})"
-        )
-        out.append(f"               digest {image.get('digest')}")
-    for chart in summary.get("charts", []):
-        out.append(
-            f"chart:         {chart.get('name')} {chart.get('version')} "
-            f"-> namespace {chart.get('namespace')}"
-        )
-    for item in summary["files"]:
-        origin = item["source"]
-        source = (
-            origin.get("url") or origin.get("images") or origin.get("generated") or "local file"
-        )
-        out.append(
-            f"  {item['kind']:<18} {item['arch'] or '-':<6} "
-            f"{human_size(item['size']):>10}  {item['path']}"
-        )
-        out.append(f"  {'':<18} sha256 {item['sha256']}  from {source}")
-    return out
-
-
-def _verify_lines(summary: Dict[str, Any]) -> List[str]:
-    signer = summary["signed_by"]
-    how = (
-        f"signature by {signer} good ({summary['verifier']})"
-        if signer
-        else "unsigned (allowed by --allow-unsigned)"
-    )
-    return [
-        f"OK: {summary['bundle']} — k3s {summary['k3s_version']}, {len(summary['files'])} files, "
-        f"{human_size(summary['size'])} verified; {how}."
-    ]
 
 
 if __name__ == "__main__":  # pragma: no cover

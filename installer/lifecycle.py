@@ -60,7 +60,7 @@ def _file_state(dest: HostDestination, item: Mapping[str, Any]) -> Dict[str, Any
 
 def rollback(root: str, report: Report, runner: Runner, no_start: bool = False) -> Dict[str, Any]:
     """Restore the previous generation exactly; the current one becomes the previous."""
-    journal = Journal(root)
+    journal = Journal(root, durable=is_host_root(root))
     recover(journal, report)
     dest = HostDestination(root)
     current = dest.read_json(RECORD_PATH)
@@ -145,7 +145,7 @@ def uninstall(
     root: str, report: Report, runner: Runner, purge: bool = False, dry_run: bool = False
 ) -> List[str]:
     """Stop the service and remove exactly what the record lists (and, with purge, k3s's data)."""
-    journal = Journal(root)
+    journal = Journal(root, durable=is_host_root(root))
     recover(journal, report, dry_run)
     dest = HostDestination(root)
     record = dest.read_json(RECORD_PATH)

@@ -1,0 +1,74 @@
+"""What status, inspect and verify print for people (--json prints the summaries as they are)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from .progress import human_size
+
+
+def status_lines(summary: Dict[str, Any]) -> List[str]:
+    """`k3bundle status`: version, bundle, service, previous generation, files that differ."""
+    bad = [f for f in summary["files"] if f["state"] != "ok"]
+    previous = (summary.get("previous") or {}).get("k3s_version") or "none"
+    lines = [
+        f"k3s version:   {summary['k3s_version']} ({summary['arch']}, {summary['role']})",
+        f"bundle id:     {summary['bundle_id']}",
+        f"service:       {summary['service']}",
+        f"previous:      {previous} (k3bundle rollback restores it)",
+        f"files:         {len(summary['files'])} recorded, "
+        + ("all match the record" if not bad else f"{len(bad)} do not match"),
+    ]
+    lines += [f"  {item['state']}: {item['path']}" for item in bad]
+    return lines
+
+
+def inspect_lines(summary: Dict[str, Any]) -> List[str]:
+    """`k3bundle inspect`: what the bundle holds, file by file, with provenance."""
+    signed = summary["signed_by"] or "NOT SIGNED"
+    out = [
+        f"bundle:        {summary['bundle']}",
+        f"bundle id:     {summary['bundle_id']}",
+        f"k3s version:   {summary['k3s_version']}",
+        f"architectures: {', '.join(summary['architectures'])}",
+        f"signed by:     {signed}",
+        f"payload:       {len(summary['files'])} files, {human_size(summary['size'])}",
+    ]
+    for part in summary.get("parts", []):
+        out.append(f"part:          {part['name']} ({human_size(part['size'])})")
+    for image in summary.get("images", []):
+        arches = ",".join(image.get("arches", []))
+        out.append(
+            f"image:         {image.get('name')} ({arches}, {human_size(image.get('size', 0))})"
+        )
+        out.append(f"               digest {image.get('digest')}")
+    for chart in summary.get("charts", []):
+        out.append(
+            f"chart:         {chart.get('name')} {chart.get('version')} "
+            f"-> namespace {chart.get('namespace')}"
+        )
+    for item in summary["files"]:
+        origin = item["source"]
+        source = (
+            origin.get("url") or origin.get("images") or origin.get("generated") or "local file"
+        )
+        out.append(
+            f"  {item['kind']:<18} {item['arch'] or '-':<6} "
+            f"{human_size(item['size']):>10}  {item['path']}"
+        )
+        out.append(f"  {'':<18} sha256 {item['sha256']}  from {source}")
+    return out
+
+
+def verify_lines(summary: Dict[str, Any]) -> List[str]:
+    """`k3bundle verify`: one OK line saying what was checked and how."""
+    signer = summary["signed_by"]
+    how = (
+        f"signature by {signer} good ({summary['verifier']})"
+        if signer
+        else "unsigned (allowed by --allow-unsigned)"
+    )
+    return [
+        f"OK: {summary['bundle']} — k3s {summary['k3s_version']}, {len(summary['files'])} files, "
+        f"{human_size(summary['size'])} verified; {how}."
+    ]
