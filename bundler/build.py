@@ -144,13 +144,14 @@ def _finish(
     output.mkdir(parents=True, exist_ok=True)
     target = output / f"{settings.name or default_name(resolved.version, settings.arches)}.tar"
     installer = write_zipapp(work / INSTALLER_NAME)
+    installer_sha256 = sha256_file(installer)
     digest = uptodate.recipe(
         manifest.to_bytes(),
         writer_code_sha256(),
         signer.key_id if signer else None,
         settings.split,
         target.name,
-        sha256_file(installer),
+        installer_sha256,
         source_date_epoch(),
     )
     stamp = None if settings.force else uptodate.current(cache, output, digest)
@@ -158,10 +159,12 @@ def _finish(
         bundle = _recorded_bundle(output, stamp, manifest)
     else:
         uptodate.forget(cache, output)
-        bundle = _write(settings, manifest, files, target, installer, fetcher, signer, progress)
+        bundle, sha256s = _write(
+            settings, manifest, files, target, (installer, installer_sha256), fetcher, signer,
+            progress,
+        )  # fmt: skip
         record = {"bundle": {"files": [p.name for p in bundle.files], "size": bundle.size}}
-        outputs = _outputs(output, bundle)
-        uptodate.save(cache, output, digest, outputs, _sha256s(output, bundle), record)
+        uptodate.save(cache, output, digest, _outputs(output, bundle), sha256s, record)
     return BuildResult(
         resolved.version,
         resolved.how,
@@ -181,14 +184,15 @@ def _write(
     manifest: Manifest,
     files: Mapping[str, Path],
     target: Path,
-    installer: Path,
+    installer: Tuple[Path, str],
     fetcher: Fetcher,
     signer: Optional[Signer],
     progress: Optional[Progress],
-) -> BundleOutput:
-    """Write the bundle, the installer and SHA256SUMS, all under temporary names, then rename
-    them into place together and remove the previous build's other files: a build that fails
-    leaves the previous one whole."""
+) -> Tuple[BundleOutput, Dict[str, str]]:
+    """Write the bundle, the installer (path, sha256) and SHA256SUMS, all under temporary
+    names, then rename them into place together and remove the previous build's other files:
+    a build that fails leaves the previous one whole. Returns the bundle and every output's
+    sha256."""
     output = settings.output
     previous = _previous_outputs(output)
     bar = progress or Progress()
@@ -198,15 +202,17 @@ def _write(
     bar.finish()
     bundle = staged.output
     try:
-        staged.add(output / INSTALLER_NAME, lambda tmp: _copy_installer(installer, tmp))
-        text = _sums_text(bundle, sha256_file(installer))
+        staged.add(output / INSTALLER_NAME, lambda tmp: _copy_installer(installer[0], tmp))
+        text = _sums_text(bundle, installer[1])
         staged.add(output / SUMS_NAME, lambda tmp: tmp.write_text(text, "utf-8"))
     except BaseException:
         staged.abort()
         raise
     staged.commit()
     _remove(output, previous - {final.name for _, final in staged.renames})
-    return bundle
+    sha256s = {**bundle.sha256s, INSTALLER_NAME: installer[1]}
+    sha256s[SUMS_NAME] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return bundle, sha256s
 
 
 def _copy_installer(installer: Path, tmp: Path) -> None:
@@ -216,13 +222,6 @@ def _copy_installer(installer: Path, tmp: Path) -> None:
 
 def _outputs(output: Path, bundle: BundleOutput) -> List[Path]:
     return [*bundle.files, output / INSTALLER_NAME, output / SUMS_NAME]
-
-
-def _sha256s(output: Path, bundle: BundleOutput) -> Dict[str, str]:
-    sha256s = dict(bundle.sha256s)
-    sha256s[INSTALLER_NAME] = sha256_file(output / INSTALLER_NAME)
-    sha256s[SUMS_NAME] = sha256_file(output / SUMS_NAME)
-    return sha256s
 
 
 def _recorded_bundle(output: Path, stamp: Mapping[str, Any], manifest: Manifest) -> BundleOutput:

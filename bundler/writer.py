@@ -83,13 +83,10 @@ class _PartWriter:
             return self.target
         return self.target.with_name(f"{self.target.name}.{len(self.written):03d}")
 
-    def _tmp(self, path: Path) -> Path:
-        return path.with_name(f".{path.name}.tmp")
-
     def _room(self, want: int) -> int:
         """Open a part when none is, and say how many of `want` bytes fit in it."""
         if self._fd < 0:
-            tmp = self._tmp(self._name())
+            tmp = _tmp_name(self._name())
             self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             self._hash = HashJob(None, self.target.name, [(tmp, 0, sys.maxsize)]).start()
         return want if self.limit is None else min(want, self.limit - self._in_part)
@@ -147,7 +144,7 @@ class _PartWriter:
         if self._fd >= 0:
             self._close_part()
         final = [self.target.with_name(str(p["name"])) for p in self.written]
-        return [(self._tmp(path), path) for path in final]
+        return [(_tmp_name(path), path) for path in final]
 
     def abort(self) -> None:
         """Remove every temporary part after a failure."""
@@ -158,7 +155,7 @@ class _PartWriter:
             self._hash.cancel()
         names = [str(p["name"]) for p in self.written] + [self._name().name]
         for name in names:
-            self._tmp(self.target.with_name(name)).unlink(missing_ok=True)
+            _tmp_name(self.target.with_name(name)).unlink(missing_ok=True)
 
 
 def _tar_header(name: str, size: int, mode: int, mtime: int) -> bytes:
@@ -246,6 +243,11 @@ def _changed(local: Path, actual: str, expected: str) -> IntegrityError:
     )
 
 
+def _tmp_name(final: Path) -> Path:
+    """Where an output is written until it is renamed into place: .NAME.tmp beside it."""
+    return final.with_name(f".{final.name}.tmp")
+
+
 def writer_code_sha256() -> str:
     """The sha256 of this module's source: the bytes of a bundle follow from it too."""
     return sha256_file(Path(__file__))
@@ -266,7 +268,7 @@ class Staged:
 
     def add(self, final: Path, write: Callable[[Path], object]) -> Path:
         """Write one more output (the installer, SHA256SUMS) under a temporary name."""
-        tmp = final.with_name(f".{final.name}.tmp")
+        tmp = _tmp_name(final)
         self.renames.append((tmp, final))
         write(tmp)
         return final

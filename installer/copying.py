@@ -11,7 +11,8 @@ import errno
 import os
 from typing import Callable
 
-CHUNK = 1 << 20
+from .hashing import CHUNK
+
 COPY_CHUNK = 8 << 20  # how far the kernel copies before the caller hears of it
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
 
