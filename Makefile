@@ -18,7 +18,7 @@ PACKAGES  := $(foreach p,bundler installer manifests,$(if $(wildcard $(p)/__init
 APT_PACKAGES := openssl systemd shellcheck zstd tar docker-registry skopeo umoci containerd runc \
 	apache2-utils curl python3-venv strace util-linux e2fsprogs
 
-.PHONY: install deps test lint bench clean typecheck-tree demo
+.PHONY: install deps test fuzz lint bench clean typecheck-tree demo
 
 # The venv is rebuilt only when pyproject.toml changes.
 install: $(VENV)/.installed
@@ -43,6 +43,11 @@ deps:
 # up front and shares it through K3B_TEST_REGISTRY).
 test: install deps
 	$(BIN)/python -m pytest
+
+# The property-based fuzz tests with many random examples (make test runs them with a fixed seed
+# and a few dozen each). K3B_FUZZ_EXAMPLES=N sets the count per test.
+fuzz: install deps
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -m fuzz -p no:cacheprovider
 
 typecheck-tree:
 	@mkdir -p $(TYPECHECK)/k3bundle

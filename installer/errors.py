@@ -77,3 +77,30 @@ EXIT_CODES = {
     FetchError.exit_code: "a download failed (build side)",
     9: "status: files on disk no longer match the install record",
 }
+
+
+def host_error(exc: OSError, action: str, path: object) -> InstallError:
+    """An InstallError for an OSError while changing the host, with a hint that fits its cause.
+
+    `action` is a verb phrase ("write", "create", "rename ... to"), `path` the host path.
+    """
+    reason = exc.strerror or str(exc)
+    return InstallError(f"cannot {action} {path}: {reason}", _hint_for(exc.errno))
+
+
+def _hint_for(code: Optional[int]) -> str:
+    import errno
+    import os
+
+    if code == errno.ENOSPC or code == errno.EDQUOT:
+        return "The filesystem is full: free some space and run again (nothing has been changed)."
+    if code == errno.EROFS:
+        return "That filesystem is mounted read-only: remount it read-write (or choose another --root)."
+    if code in (errno.EACCES, errno.EPERM):
+        if hasattr(os, "geteuid") and os.geteuid() != 0:
+            return "Run as root (sudo), or install into a folder of yours with --root DIR."
+        return (
+            "Even root may not change it: check for an immutable attribute (lsattr), a "
+            "read-only bind mount or a security module (SELinux, AppArmor) denying it."
+        )
+    return "Check the path and the filesystem, then run again."
