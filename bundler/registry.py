@@ -10,9 +10,10 @@ against their digest, and blobs are streamed into the Cache and admitted only wh
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import oras.provider  # type: ignore[import-untyped]
 import requests
 
 from k3bundle.installer.errors import FetchError, IntegrityError
+from k3bundle.installer.jsondoc import load_json
 
 from .cache import Cache
 from .credentials import Credentials, docker_config_auths, registry_host
@@ -37,20 +39,30 @@ from .fetch import (
     NotFoundError,
     hash_prefix,
 )
+from .limits import (
+    MAX_MANIFEST,
+    REDIRECT_ERRORS,
+    SafeSession,
+    check_digest,
+    read_bounded,
+    redirect_error,
+    too_large,
+)
 from .reference import Reference
+from .tokens import TokenDenied, fetch_token
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
-MAX_MANIFEST = 4 << 20  # distribution refuses larger manifests too
 INSECURE_HINT = "If {host} serves plain HTTP, mark it insecure (--insecure-registry {host})."
 AUTH_HINT = (
     "Pass --registry-auth {host}=USER:PASSWORD (or log in with 'docker login {host}'), "
     "and check the image name: registries answer 'unauthorized' for names that do not exist."
 )
 _T = TypeVar("_T")
+_TAG = re.compile(r"[\w][\w.-]{0,127}")  # distribution's tag grammar (bundler/reference.py)
 DEFAULT_SETTINGS = FetchSettings()
 
 
@@ -63,11 +75,11 @@ class Fetched:
     data: bytes
 
 
-class _BoundedSession(requests.Session):
-    """A session whose every request (oras' token requests too) has our timeouts."""
+class _BoundedSession(SafeSession):
+    """A session whose every request has our timeouts and whose redirects are checked."""
 
-    def __init__(self, timeout: Tuple[float, float]) -> None:
-        super().__init__()
+    def __init__(self, timeout: Tuple[float, float], insecure: Collection[str] = ()) -> None:
+        super().__init__(insecure)
         self.timeout = timeout
         self.headers["User-Agent"] = USER_AGENT
         self.headers["Accept-Encoding"] = "identity"  # blobs are compressed; keep offsets true
@@ -82,13 +94,21 @@ class _BoundedSession(requests.Session):
 
 
 class _ScopedTokenAuth(oras.auth.TokenAuth):  # type: ignore[misc]
-    """Bearer auth that fetches a token for the scope asked for instead of resending the last."""
+    """Bearer auth: a fresh token for the scope asked for (oras resends its last one), fetched
+    by bundler/tokens.py, which checks the realm before any credential leaves."""
+
+    fetch: Callable[[str], str]
 
     def authenticate_request(
         self, original: requests.Response, headers: Dict[str, str], refresh: bool = False
     ) -> Any:
-        """Always a fresh token for the challenge's scope (oras keeps one token per client)."""
-        return super().authenticate_request(original, headers, refresh=True)
+        """Answer a 401 challenge with a token for its scope."""
+        challenge = original.headers.get("Www-Authenticate")
+        if not challenge:
+            return headers, False
+        self.token = self.fetch(challenge)
+        headers["Authorization"] = f"Bearer {self.token}"
+        return headers, True
 
 
 oras.auth.auth_backends.setdefault("k3b-scoped-token", _ScopedTokenAuth)
@@ -132,12 +152,14 @@ class RegistryClient:
     def get_manifest(self, ref: Reference, reference: Optional[str] = None) -> Fetched:
         """GET a manifest or index by tag or digest; the exact bytes, checked against the digest."""
         wanted = reference or ref.reference
+        if not _TAG.fullmatch(wanted):
+            check_digest(wanted, f"image {ref.name}")  # it becomes part of a URL path
         return self._with_retries(ref, lambda: self._get_manifest_once(ref, wanted))
 
     def fetch_blob(self, ref: Reference, digest: str, size: int, cache: Cache) -> Path:
         """A blob of `ref` in the cache: from it when present, else streamed and verified."""
-        hexdigest = _sha256_hex(ref, digest)
-        with cache.claim(hexdigest):
+        hexdigest = check_digest(digest, f"image {ref.name}")
+        with cache.downloading(hexdigest) as partial:
             cached = cache.lookup(hexdigest)
             if cached is not None:
                 return cached
@@ -147,7 +169,7 @@ class RegistryClient:
                     "Run the same build once with network access to fill the cache.",
                 )
             return self._with_retries(
-                ref, lambda: self._fetch_blob_once(ref, hexdigest, size, cache)
+                ref, lambda: self._fetch_blob_once(ref, hexdigest, size, cache, partial)
             )
 
     # --- manifests ----------------------------------------------------------------------------
@@ -163,13 +185,9 @@ class RegistryClient:
                     "Check the image name and tag; the registry has no such manifest.",
                 )
             self._check_status(ref, response)
-            data = response.raw.read(MAX_MANIFEST + 1, decode_content=True)
+            data = read_bounded(response, MAX_MANIFEST, url)
             content_type = response.headers.get("Content-Type", "")
             expected = response.headers.get("Docker-Content-Digest", "")
-        if len(data) > MAX_MANIFEST:
-            raise FetchError(
-                f"the manifest of {ref.name} is larger than 4 MiB", "Check the image name."
-            )
         digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
         expected = wanted if wanted.startswith("sha256:") else expected
         if expected.startswith("sha256:") and expected != digest:
@@ -178,12 +196,13 @@ class RegistryClient:
                 f"expected {expected}, got {digest}",
                 "The registry (or a proxy in between) changed the manifest; nothing was kept.",
             )
-        return Fetched(_media_type(ref, data, content_type), digest, data)
+        return Fetched(_media_type(url, data, content_type), digest, data)
 
     # --- blobs --------------------------------------------------------------------------------
 
-    def _fetch_blob_once(self, ref: Reference, hexdigest: str, size: int, cache: Cache) -> Path:
-        partial = cache.partial(hexdigest)
+    def _fetch_blob_once(
+        self, ref: Reference, hexdigest: str, size: int, cache: Cache, partial: Path
+    ) -> Path:
         have = partial.stat().st_size if partial.exists() else 0
         have = have if 0 < have < size else 0
         headers = {"Range": f"bytes={have}-"} if have else {}
@@ -199,7 +218,14 @@ class RegistryClient:
                 raise _Retry("the registry refused to resume (HTTP 416); starting over", 0)
             self._check_status(ref, response)
             offset = have if have and response.status_code == 206 else 0
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and offset + int(length) > size:
+                partial.unlink(missing_ok=True)
+                raise too_large(url, size)
             actual = self._stream(response, partial, offset, size)
+        if actual[1] > size:
+            partial.unlink()
+            raise too_large(url, size)
         if actual != (hexdigest, size):
             partial.unlink()
             raise IntegrityError(
@@ -217,8 +243,8 @@ class RegistryClient:
             out.seek(offset)
             out.truncate()
             buffer = memoryview(bytearray(BUFFER))  # one reused buffer, as bundler/fetch.py does
-            while written <= size:
-                count = response.raw.readinto(buffer)
+            while written <= size:  # one byte past the declared size is enough to refuse
+                count = response.raw.readinto(buffer[: min(BUFFER, size - written + 1)])
                 if not count:
                     break
                 out.write(buffer[:count])
@@ -235,6 +261,8 @@ class RegistryClient:
                 return once()
             except _Retry as retry:
                 reason, delay = retry.reason, retry.delay
+            except REDIRECT_ERRORS as exc:  # InvalidURL is a ValueError: before oras' ValueError
+                raise redirect_error(ref.endpoint, exc) from None
             except requests.exceptions.SSLError as exc:  # a ConnectionError, but not transient
                 raise FetchError(
                     f"TLS failed talking to {ref.endpoint} for {ref.name}: {exc}",
@@ -265,8 +293,12 @@ class RegistryClient:
             response: requests.Response = client.do_request(
                 url, "GET", headers=headers, stream=True
             )
-        except ValueError:  # oras: no token came back from the token server
-            raise self._denied(ref, "the token server gave no token") from None
+        except REDIRECT_ERRORS as exc:
+            raise redirect_error(url, exc) from None
+        except TokenDenied as exc:
+            raise self._denied(ref, exc.message) from None
+        except ValueError:  # oras: a 401 without a challenge to answer
+            raise self._denied(ref, "the registry sent no challenge to answer") from None
         if bearer:
             tokens[key] = client.auth.token
         return response
@@ -287,9 +319,19 @@ class RegistryClient:
             raise self._denied(ref, "the registry wants a user name and password")
         backend = "basic" if scheme == "basic" else "k3b-scoped-token"
         client = _Oras(ref.endpoint, insecure=self._is_insecure(ref), auth_backend=backend)
-        client.session = client.auth.session = _BoundedSession(self.settings.timeout)
-        if credentials is not None:
-            client.auth.set_basic_auth(*credentials)
+        session = _BoundedSession(self.settings.timeout, self._insecure)
+        client.session = client.auth.session = session
+        if backend == "basic" and credentials is not None:
+            client.auth.set_basic_auth(*credentials)  # sent to this registry's host only
+        if backend != "basic":
+            base = self._url(ref, "")
+            client.auth.fetch = functools.partial(
+                fetch_token,
+                session,
+                registry_url=base,
+                credentials=credentials,
+                insecure=self._insecure,
+            )
         return client
 
     def _challenge(self, ref: Reference) -> str:
@@ -300,7 +342,7 @@ class RegistryClient:
 
     def _probe(self, ref: Reference) -> str:
         scheme = "http" if self._is_insecure(ref) else "https"
-        session = _BoundedSession(self.settings.timeout)
+        session = _BoundedSession(self.settings.timeout, self._insecure)
         with session, session.get(f"{scheme}://{ref.endpoint}/v2/", stream=True) as response:
             status, challenge = response.status_code, response.headers.get("Www-Authenticate")
         if status in RETRY_STATUS:
@@ -349,21 +391,8 @@ class RegistryClient:
         return f"{scheme}://{ref.endpoint}/v2/{ref.repository}/{path}"
 
 
-def _sha256_hex(ref: Reference, digest: str) -> str:
-    algorithm, _, hexdigest = digest.partition(":")
-    if algorithm != "sha256" or len(hexdigest) != 64:
-        raise IntegrityError(
-            f"unsupported digest {digest!r} in {ref.name}",
-            "k3bundle verifies sha256 digests only.",
-        )
-    return hexdigest
-
-
-def _media_type(ref: Reference, data: bytes, content_type: str) -> str:
-    try:
-        parsed = json.loads(data)
-    except ValueError:
-        raise FetchError(f"the manifest of {ref.name} is not JSON", "") from None
+def _media_type(url: str, data: bytes, content_type: str) -> str:
+    parsed = load_json(data, f"the manifest at {url}", FetchError, "Check the image name.")
     declared = parsed.get("mediaType") if isinstance(parsed, dict) else None
     # umoci and Helm write OCI manifests without mediaType; the header is all there is then.
     return declared if isinstance(declared, str) else content_type.split(";", 1)[0].strip()

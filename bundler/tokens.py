@@ -1,0 +1,93 @@
+"""Bearer tokens from a registry's token server, without handing credentials to anyone else.
+
+A registry's 401 challenge names a realm, which may be another host (docker.io sends clients to
+auth.docker.io). The realm is hostile input: credentials go to it only over https, or over plain
+HTTP when the registry itself was declared plain HTTP (--insecure-registry) and the realm is on
+that same host. An https registry pointing at a plain-HTTP realm is refused outright.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Collection, Dict, Optional, Tuple
+from urllib.parse import urlsplit
+
+import requests
+
+from k3bundle.installer.errors import FetchError
+from k3bundle.installer.jsondoc import load_json
+
+from .limits import MAX_TOKEN, read_bounded
+
+Credentials = Tuple[str, str]
+_PARAM = re.compile(r'([A-Za-z]+)="([^"]*)"')
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # what fits in an Authorization header, nothing more
+
+
+class TokenDenied(FetchError):
+    """The token server refused the credentials (or their absence)."""
+
+
+def challenge_params(challenge: str) -> Dict[str, str]:
+    """realm, service and scope of a `Bearer realm="…",service="…"` challenge."""
+    return {key.lower(): value for key, value in _PARAM.findall(challenge)}
+
+
+def realm_problem(registry_url: str, realm: str, insecure: Collection[str]) -> Optional[str]:
+    """Why a token must not be fetched from `realm` for `registry_url`, or None."""
+    target, registry = urlsplit(realm), urlsplit(registry_url)
+    if target.scheme not in ("http", "https") or not target.hostname:
+        return f"its token realm {realm[:200]!r} is not an http(s) URL"
+    if target.scheme == "https":
+        return None
+    same_host = registry.scheme == "http" and target.hostname == registry.hostname
+    if same_host or target.netloc.lower() in insecure:
+        return None
+    return f"its token realm {realm[:200]} is plain HTTP (a password would travel in clear)"
+
+
+def fetch_token(
+    session: requests.Session,
+    challenge: str,
+    registry_url: str,
+    credentials: Optional[Credentials],
+    insecure: Collection[str],
+) -> str:
+    """A bearer token for the challenge's scope; FetchError naming the realm otherwise."""
+    params = challenge_params(challenge)
+    realm = params.get("realm", "")
+    if not realm:
+        raise FetchError(
+            f"{registry_url} asked for a bearer token but named no realm",
+            "The registry's Www-Authenticate header is malformed; report it to its operator.",
+        )
+    problem = realm_problem(registry_url, realm, insecure)
+    if problem is not None:
+        raise FetchError(
+            f"refusing the token server of {registry_url}: {problem}",
+            "Nothing was sent. Use the registry over https, or if it really is plain HTTP on "
+            "your network, mark the token host insecure too (--insecure-registry HOST:PORT).",
+        )
+    query = {key: params[key] for key in ("service", "scope") if params.get(key)}
+    headers = {"Accept": "application/json"}
+    if credentials is not None:
+        pair = f"{credentials[0]}:{credentials[1]}".encode()
+        headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
+    with session.get(realm, params=query, headers=headers, stream=True) as response:
+        if response.status_code in (401, 403):
+            raise TokenDenied(f"the token server {realm} said HTTP {response.status_code}")
+        if response.status_code != 200:
+            raise FetchError(f"the token server {realm} answered HTTP {response.status_code}")
+        data = read_bounded(response, MAX_TOKEN, realm)
+    return _token_of(load_json(data, f"the token answer of {realm}", FetchError), realm)
+
+
+def _token_of(doc: object, realm: str) -> str:
+    token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
+    if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+        raise FetchError(
+            f"the token server {realm} answered without a usable token",
+            "Check the registry's token service; its answer holds no 'token' string.",
+        )
+    return token
