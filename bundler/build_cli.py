@@ -15,7 +15,7 @@ from tqdm import tqdm
 from k3bundle.installer.manifest import ARCHES, arch_from_machine
 from k3bundle.installer.progress import Progress, human_size
 
-from . import release
+from . import release, terminal
 from .build import BuildResult, BuildSettings, build
 from .cache import default_cache_dir
 from .charts import ChartSpec, chart_from_spec, parse_chart_flag
@@ -24,7 +24,7 @@ from .extras import RegistryOptions
 from .fetch import Download, FetchEvents, FetchSettings
 from .progress import TqdmProgress
 from .spec import Spec, load_spec
-from .terminal import prompt_secret
+from .terminal import prompt_secret, verbose_option
 from .writer import parse_size
 
 
@@ -140,9 +140,7 @@ from .writer import parse_size
     help="Write everything again even when -o already holds this very build.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars; only the summary.")
-@click.option(
-    "-v", "--verbose", is_flag=True, help="Say what happens to each file; tracebacks on errors."
-)
+@verbose_option
 def build_command(spec_file: Optional[Path], **flags: Any) -> None:
     """Download, verify and bundle a k3s release for an air-gapped install.
 
@@ -152,13 +150,14 @@ def build_command(spec_file: Optional[Path], **flags: Any) -> None:
       k3bundle build -f manifests/multi-arch.yaml --split fat32
       k3bundle build --version v1.31.4+k3s1 --offline
     """
+    verbose = terminal.verbose(flags["verbose"])  # `k3bundle -v build` means `build -v`
     spec = load_spec(spec_file) if spec_file else Spec()
     settings = settings_from(spec, flags)
     on_tty = sys.stderr.isatty() and not flags["quiet"]
     events: FetchEvents = FetchEvents()
     if on_tty:
         events = TqdmFetchEvents()
-    elif flags["verbose"]:
+    elif verbose:
         events = LogFetchEvents()
     progress: Progress = TqdmProgress() if on_tty else Progress()
     result = build(settings, events, progress, _warn, prompt_secret)

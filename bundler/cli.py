@@ -2,24 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
-import traceback
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import click
 
 from k3bundle.installer import cli as installer_cli
-from k3bundle.installer.errors import EXIT_CODES, K3BundleError
+from k3bundle.installer.cli import broken_pipe, fail
+from k3bundle.installer.errors import (
+    EXIT_CODES,
+    INTERRUPTED,
+    K3BundleError,
+    build_error,
+    edge_error,
+    unexpected,
+)
 
+from . import terminal
 from .progress import TqdmProgress
-from .terminal import prompt_secret
+from .terminal import prompt_secret, verbose_option
 
 EXIT_HELP = "\b\nExit codes:\n" + "\n".join(
     f"  {code}  {text}" for code, text in EXIT_CODES.items()
 )
 PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+
+
+class _StdoutClosed(Exception):
+    """stdout's reader went away; carried past click, which would exit 1 on a BrokenPipeError."""
+
+
+@contextlib.contextmanager
+def _closed_stdout_passes_click() -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError as exc:
+        raise _StdoutClosed() from exc
 
 
 class _Commands(click.Group):
@@ -32,6 +53,16 @@ class _Commands(click.Group):
     lazy: ClassVar[Dict[str, Tuple[str, str]]] = {
         "build": ("k3bundle.bundler.build_cli", "build_command")
     }
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        """The group's context (help output included), letting a closed stdout through."""
+        with _closed_stdout_passes_click():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command, letting a closed stdout through."""
+        with _closed_stdout_passes_click():
+            return super().invoke(ctx)
 
     def list_commands(self, ctx: click.Context) -> List[str]:
         """Every command, the lazy ones included."""
@@ -49,10 +80,9 @@ class _Commands(click.Group):
 @click.group(
     cls=_Commands, epilog=EXIT_HELP, context_settings={"help_option_names": ["-h", "--help"]}
 )
-@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks and debug logs.")
+@verbose_option
 @click.version_option(package_name="k3bundle")
-@click.pass_context
-def cli(ctx: click.Context, verbose: bool) -> None:
+def cli(verbose: bool) -> None:
     """Carry a complete k3s installation across an air gap.
 
     \b
@@ -60,7 +90,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     Isolated host:    k3bundle install BUNDLE --pubkey KEY.pub
                       (or python3 k3bundle-install.pyz install ..., standard library only)
     """
-    ctx.obj = {"verbose": verbose}
+    terminal.verbose(verbose)
 
 
 def _prompt(text: str, confirm: bool) -> str:
@@ -80,7 +110,8 @@ def _prompt(text: str, confirm: bool) -> str:
     help="Write NAME.key and NAME.pub.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing key pair.")
-def keygen(name: str, force: bool) -> None:
+@verbose_option
+def keygen(name: str, force: bool, verbose: bool) -> None:
     """Create an Ed25519 signing key pair.
 
     The private key is PKCS#8 PEM (mode 0600), encrypted when a passphrase is given at the
@@ -88,6 +119,8 @@ def keygen(name: str, force: bool) -> None:
     machine; copy NAME.pub to the hosts (e.g. /etc/k3bundle/trusted.d/).
     """
     from . import keys  # cryptography is only needed here and when signing
+
+    terminal.verbose(verbose)
 
     pair = keys.generate(name, keys.passphrase_from(prompt_secret, confirm=True), force=force)
     click.echo(f"Wrote {pair.private} (keep it secret) and {pair.public}.", err=True)
@@ -102,8 +135,10 @@ def keygen(name: str, force: bool) -> None:
     show_default=True,
     type=click.Path(path_type=Path),
 )
-def installer_zipapp(output: Path) -> None:
+@verbose_option
+def installer_zipapp(output: Path, verbose: bool) -> None:
     """Write the standalone installer (needs only python3 >= 3.8 on the host)."""
+    terminal.verbose(verbose)
     from .zipapp import write_zipapp
 
     write_zipapp(output)
@@ -122,7 +157,10 @@ def _passthrough(command: str, summary: str) -> None:
     )
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     def run(args: Sequence[str]) -> None:
-        code = installer_cli.main([command, *args], prog="k3bundle", progress_factory=TqdmProgress)
+        given = ["-v"] if terminal.verbose() else []  # `k3bundle -v install` keeps its -v
+        code = installer_cli.main(
+            [*given, command, *args], prog="k3bundle", progress_factory=TqdmProgress
+        )
         sys.exit(code)
 
 
@@ -135,18 +173,27 @@ _passthrough("uninstall", "Remove exactly what k3bundle installed (see: --purge,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Any:
-    """Console entry point: run the group, turning K3BundleError into one 'Error:' line."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    """Console entry point: run the group; every failure becomes one 'Error:' line."""
+    state: Dict[str, Any] = {"verbose": False}
     try:
-        return cli.main(args=args, prog_name="k3bundle", standalone_mode=False)
+        return _run(list(sys.argv[1:] if argv is None else argv), state)
     except K3BundleError as exc:
-        if "-v" in args or "--verbose" in args:
-            traceback.print_exc()
-        click.echo(f"Error: {exc.diagnostics()}", err=True)
-        sys.exit(exc.exit_code)
+        sys.exit(fail(exc.diagnostics(), exc.exit_code, state["verbose"]))
+    except (BrokenPipeError, _StdoutClosed):
+        sys.exit(broken_pipe())
+    except OSError as exc:
+        error = edge_error(exc, "write", build_error)
+        sys.exit(fail(error.diagnostics(), error.exit_code, state["verbose"]))
+    except Exception as exc:
+        sys.exit(fail(unexpected(exc, state["verbose"]), 1, state["verbose"]))
+
+
+def _run(args: List[str], state: Dict[str, Any]) -> Any:
+    try:
+        return cli.main(args=args, prog_name="k3bundle", standalone_mode=False, obj=state)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)

@@ -2,8 +2,9 @@
 
 `k3bundle install|verify|inspect|status|rollback|uninstall` run the installer's own command line
 (the one the standalone zipapp runs) without importing click, requests or tqdm: on an
-isolated host, start-up time is part of every install (bench/install_vs_tar.py). Everything else,
-and a global option before the command, goes through the click group in cli.py.
+isolated host, start-up time is part of every install (bench/install_vs_tar.py). A leading
+-v/--verbose (the one global option both command lines share) still counts as a host command's;
+everything else goes through the click group in cli.py.
 """
 
 from __future__ import annotations
@@ -12,18 +13,27 @@ import sys
 from typing import Any, Optional, Sequence
 
 HOST_COMMANDS = ("install", "verify", "inspect", "status", "rollback", "uninstall")
+VERBOSE = ("-v", "--verbose")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Any:
     """Run `k3bundle ARGS`."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in HOST_COMMANDS:
+    if _is_host_command(args):
         from k3bundle.installer import cli as installer_cli
 
         sys.exit(installer_cli.main(args, prog="k3bundle", progress_factory=_tqdm_progress))
     from .cli import main as group_main
 
     return group_main(args)
+
+
+def _is_host_command(args: Sequence[str]) -> bool:
+    """True when the first word after any -v/--verbose is a host command."""
+    for arg in args:
+        if arg not in VERBOSE:
+            return arg in HOST_COMMANDS
+    return False
 
 
 def _tqdm_progress() -> Any:

@@ -46,12 +46,10 @@ def passphrase_from(prompt: Optional[Prompt], confirm: bool) -> Optional[str]:
 def generate(name: str, passphrase: Optional[str], force: bool = False) -> KeyPair:
     """Write NAME.key (PKCS#8 PEM, 0600, encrypted when a passphrase is given) and NAME.pub."""
     private, public = Path(f"{name}.key"), Path(f"{name}.pub")
+    _check_folder(private.parent)
     existing = [p for p in (private, public) if p.exists()]
     if existing and not force:
-        raise UsageError(
-            f"{existing[0]} already exists; refusing to overwrite a key",
-            "Choose another name with -o, or pass --force to replace it.",
-        )
+        raise _exists(existing[0])
     key = Ed25519PrivateKey.generate()
     encryption: serialization.KeySerializationEncryption = serialization.NoEncryption()
     if passphrase:
@@ -59,21 +57,63 @@ def generate(name: str, passphrase: Optional[str], force: bool = False) -> KeyPa
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
-    _write_private(private, pem)
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    _write_new(private, pem, 0o600, force)
+    _write_new(public, public_pem, 0o644, force)
     return KeyPair(private, public, key_id_of(_public_der(key)))
 
 
-def _write_private(path: Path, pem: bytes) -> None:
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
-    os.chmod(path, 0o600)
+def _check_folder(folder: Path) -> None:
+    # Said up front, before a key exists that would have nowhere to go.
+    if not folder.exists():
+        raise UsageError(
+            f"folder {folder} does not exist; create it first",
+            f"mkdir -p {folder}, or choose another -o NAME.",
+        )
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder", "Choose another -o NAME.")
+
+
+def _exists(path: Path) -> UsageError:
+    return UsageError(
+        f"{path} already exists; refusing to overwrite a key",
+        "Choose another name with -o, or pass --force to replace it.",
+    )
+
+
+def _write_new(path: Path, data: bytes, mode: int, force: bool) -> None:
+    """Write `data` under a temporary name created 0600-or-less (O_EXCL), then move it in whole.
+
+    A crash never leaves half a key under the real name, and the private key is never
+    readable by others, not even for a moment.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        _move_in(tmp, path, force)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _move_in(tmp: Path, path: Path, force: bool) -> None:
+    if force:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # unlike rename, never replaces a key that appeared meanwhile
+    except FileExistsError:
+        raise _exists(path) from None
+    except OSError:  # no hard links here (FAT, some network filesystems)
+        if path.exists():
+            raise _exists(path) from None
+        os.replace(tmp, path)
 
 
 class Signer:

@@ -14,18 +14,30 @@ import sys
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .errors import EXIT_CODES, K3BundleError, UsageError
+from .errors import (
+    BROKEN_PIPE,
+    EXIT_CODES,
+    INTERRUPTED,
+    InstallError,
+    K3BundleError,
+    UsageError,
+    edge_error,
+    unexpected,
+)
 from .install import install
 from .lifecycle import rollback, status, uninstall
 from .plan import Options
 from .progress import Progress, TextProgress
-from .service import is_host_root, run_command
+from .service import is_host_root, is_root_user, run_command
 from .summaries import inspect_lines, status_lines, verify_lines
 from .verify import inspect_bundle, verify_bundle
 from .yaml_subset import load_config_file
 
 ProgressFactory = Callable[[], Progress]
 
+# The commands that change the host: on the real / they need root before they start.
+CHANGING = ("install", "rollback", "uninstall")
+VERBOSE_HELP = "show a traceback on errors (anywhere on the command line)"
 EPILOG = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
 
 
@@ -50,7 +62,7 @@ def _common(parser: argparse.ArgumentParser, trust: bool = True) -> None:
         parser.add_argument(
             "--root", default="/", metavar="DIR", help="install under DIR instead of / (default: /)"
         )
-    parser.add_argument("-v", "--verbose", action="store_true", help="show a traceback on errors")
+    _verbose(parser)
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="no progress, only errors and the summary"
     )
@@ -64,6 +76,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(
         dest="command", metavar="{install,verify,inspect,status,rollback,uninstall}"
     )
@@ -168,8 +181,15 @@ def _lifecycle_parsers(sub: Any) -> None:
 
 def _root_only(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", default="/", metavar="DIR", help="act under DIR (default: /)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show a traceback on errors")
+    _verbose(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
+
+
+def _verbose(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: an absent -v after the command must not reset a -v given before it.
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP
+    )
 
 
 def _role_options(parser: argparse.ArgumentParser) -> None:
@@ -209,18 +229,51 @@ def main(
     prog: str = "k3bundle-install.pyz",
     progress_factory: Optional[ProgressFactory] = None,
 ) -> int:
-    """Run one command and return its exit code; errors become one 'Error:' line."""
-    args = build_parser(prog).parse_args(argv)
+    """Run one command and return its exit code; every failure becomes one 'Error:' line."""
+    args = argparse.Namespace(verbose=False, command=None)
     try:
-        return _dispatch(args, _progress(args, progress_factory))
+        args = build_parser(prog).parse_args(argv)
+        code = _dispatch(args, _progress(args, progress_factory))
+        sys.stdout.flush()  # a reader that went away shows up here, not at interpreter exit
+        return code
     except K3BundleError as exc:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"Error: {exc.diagnostics()}", file=sys.stderr)
-        return exc.exit_code
+        return fail(exc.diagnostics(), exc.exit_code, args.verbose)
+    except BrokenPipeError:
+        return broken_pipe()
+    except OSError as exc:
+        error = edge_error(exc, "change" if args.command in CHANGING else "read")
+        return fail(error.diagnostics(), error.exit_code, args.verbose)
     except KeyboardInterrupt:
-        print("Interrupted: nothing was placed unless the output above says so.", file=sys.stderr)
-        return 130
+        message = "Interrupted: nothing was placed unless the output above says so."
+        return fail(message, INTERRUPTED, args.verbose, prefix="")
+    except Exception as exc:
+        return fail(unexpected(exc, args.verbose), 1, args.verbose)
+
+
+def fail(message: str, code: int, verbose: bool, prefix: str = "Error: ") -> int:
+    """Print the error line (after the traceback, with --verbose) and return `code`."""
+    try:
+        if verbose:
+            traceback.print_exc()
+        print(f"{prefix}{message}", file=sys.stderr)
+    except BrokenPipeError:  # stderr is gone too: the exit code is all that is left to say
+        pass
+    return code
+
+
+def broken_pipe() -> int:
+    """Exit quietly when stdout's reader went away, as `| head` does to any Unix tool.
+
+    Python ignores SIGPIPE, so the closed pipe arrives as BrokenPipeError; pointing stdout at
+    /dev/null keeps the final flush at exit from raising it a second time (see the `signal`
+    module's documentation, "Note on SIGPIPE").
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no real file (tests capture it): nothing to flush
+        pass
+    return BROKEN_PIPE
 
 
 def _progress(args: argparse.Namespace, factory: Optional[ProgressFactory]) -> Progress:
@@ -229,7 +282,16 @@ def _progress(args: argparse.Namespace, factory: Optional[ProgressFactory]) -> P
     return factory() if factory else TextProgress()
 
 
+def _require_root(args: argparse.Namespace) -> None:
+    if args.command in CHANGING and is_host_root(args.root) and not is_root_user():
+        raise InstallError(
+            "must run as root to change the host (or pass --root DIR to install into a folder)",
+            "Run the same command again with sudo in front of it.",
+        )
+
+
 def _dispatch(args: argparse.Namespace, progress: Progress) -> int:
+    _require_root(args)
     if args.command == "status":
         return _status(args)
     if args.command == "rollback":

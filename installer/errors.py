@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 
 class K3BundleError(Exception):
@@ -65,18 +65,27 @@ class FetchError(K3BundleError):
     exit_code = 8
 
 
+# 128 + SIGPIPE, what a shell reports for any Unix tool whose reader went away (`| head`).
+BROKEN_PIPE = 141
+INTERRUPTED = 130
+
 EXIT_CODES = {
     0: "success",
-    1: "unexpected error (run again with --verbose for a traceback)",
+    1: "unexpected error: a bug in k3bundle (run again with --verbose for a traceback)",
     UsageError.exit_code: "bad command line or spec",
     FormatError.exit_code: "the bundle is malformed (bad member, path or format version)",
     IntegrityError.exit_code: "a size or sha256 mismatch, a truncated bundle or a damaged part",
     TrustError.exit_code: "unsigned, unknown key, or bad signature",
     ArchError.exit_code: "nothing in the bundle for this architecture",
-    InstallError.exit_code: "the host could not be changed",
+    InstallError.exit_code: "the host could not be changed (not root, disk full, read-only, ...)",
     FetchError.exit_code: "a download failed (build side)",
     9: "status: files on disk no longer match the install record",
+    INTERRUPTED: "interrupted (Ctrl-C)",
+    BROKEN_PIPE: "the reader of stdout went away (e.g. '| head'); output was cut short",
 }
+
+# Verbs of host_error() that only read: their permission hint is about reading, not the host.
+READ_ACTIONS = ("read", "open", "list", "look")
 
 
 def host_error(exc: OSError, action: str, path: object) -> InstallError:
@@ -84,23 +93,65 @@ def host_error(exc: OSError, action: str, path: object) -> InstallError:
 
     `action` is a verb phrase ("write", "create", "rename ... to"), `path` the host path.
     """
+    reading = action.split(" ", 1)[0] in READ_ACTIONS
+    return _os_error(exc, action, path, "read" if reading else "host")
+
+
+def build_error(exc: OSError, action: str, path: object) -> InstallError:
+    """host_error() for the connected side: the hints name -o and --cache-dir, not --root."""
+    return _os_error(exc, action, path, "build")
+
+
+def _os_error(exc: OSError, action: str, path: object, audience: str) -> InstallError:
     reason = exc.strerror or str(exc)
-    return InstallError(f"cannot {action} {path}: {reason}", _hint_for(exc.errno))
+    return InstallError(f"cannot {action} {path}: {reason}", _hint_for(exc.errno, audience))
 
 
-def _hint_for(code: Optional[int]) -> str:
+def edge_error(
+    exc: OSError, action: str, make: Callable[[OSError, str, object], InstallError] = host_error
+) -> InstallError:
+    """`make` (host_error or build_error) for an OSError that reached a command line."""
+    path: object = "a file" if exc.filename is None else exc.filename
+    if exc.filename2 is not None:
+        path = f"{exc.filename} -> {exc.filename2}"
+    return make(exc, action, path)
+
+
+def unexpected(exc: BaseException, verbose: bool = False) -> str:
+    """The one line for an exception nobody raised on purpose: a bug, said plainly."""
+    text = str(exc).splitlines()[0] if str(exc) else "(no message)"
+    step = "run again with --verbose for a traceback"
+    if verbose:
+        step = "please report it with the traceback above"
+    return f"unexpected {type(exc).__name__}: {text} \u2014 this is a bug in k3bundle; {step}"
+
+
+def _hint_for(code: Optional[int], audience: str) -> str:
     import errno
-    import os
 
     if code == errno.ENOSPC or code == errno.EDQUOT:
-        return "The filesystem is full: free some space and run again (nothing has been changed)."
+        return "The filesystem is full (or the quota is used up): free some space and run again."
     if code == errno.EROFS:
-        return "That filesystem is mounted read-only: remount it read-write (or choose another --root)."
+        where = "another -o folder" if audience == "build" else "another --root"
+        return f"That filesystem is mounted read-only: remount it read-write, or choose {where}."
     if code in (errno.EACCES, errno.EPERM):
-        if hasattr(os, "geteuid") and os.geteuid() != 0:
-            return "Run as root (sudo), or install into a folder of yours with --root DIR."
-        return (
-            "Even root may not change it: check for an immutable attribute (lsattr), a "
-            "read-only bind mount or a security module (SELinux, AppArmor) denying it."
-        )
+        return _permission_hint(audience)
+    if code == errno.ENOENT:
+        return "A folder on the way does not exist: check the path, then run again."
     return "Check the path and the filesystem, then run again."
+
+
+def _permission_hint(audience: str) -> str:
+    import os
+
+    if audience == "build":
+        return "Choose an -o (or --cache-dir) folder you may write to, or fix its permissions."
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        if audience == "read":
+            return "You may not read it: run as root (sudo), or fix its permissions (ls -l)."
+        return "You are not root: run as root (sudo), or use --root DIR with a folder you own."
+    # root is refused only by the filesystem or the kernel, never by mode bits
+    return (
+        "Even root may not do this: check for an immutable attribute (lsattr), a read-only "
+        "bind mount, or a security module (SELinux, AppArmor) denying it."
+    )

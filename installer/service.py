@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Callable, List, Sequence
@@ -13,23 +14,37 @@ Runner = Callable[[Sequence[str]], None]
 
 
 def run_command(command: Sequence[str]) -> None:
-    """Run a host command; raise InstallError with its output when it fails."""
+    """Run a host command; raise InstallError naming it and its last error line if it fails."""
+    shown = " ".join(command)
     try:
         done = subprocess.run(list(command), capture_output=True, text=True, check=False)
     except OSError as exc:
         raise InstallError(
-            f"cannot run {command[0]}: {exc.strerror}", "Is systemd installed?"
+            f"cannot run '{shown}': {exc.strerror}",
+            f"Is {command[0]} installed and on PATH? The files are in place; run it by hand.",
         ) from None
     if done.returncode != 0:
         raise InstallError(
-            f"'{' '.join(command)}' failed: {(done.stderr or done.stdout).strip()}",
-            "The files are in place; fix the service manager problem and run the command again.",
+            f"'{shown}' failed (exit {done.returncode}): {_last_line(done.stderr or done.stdout)}",
+            "The files are in place; fix what it reports (for systemctl, 'journalctl -xe' "
+            "tells more) and run the command again.",
         )
+
+
+def _last_line(output: str) -> str:
+    # systemctl ends with its own verdict; earlier lines are context, and one line is the rule.
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
 
 
 def is_host_root(root: str) -> bool:
     """True when --root is the running system's / (so systemctl applies)."""
     return Path(root).resolve() == Path("/")
+
+
+def is_root_user() -> bool:
+    """True when this process may change the real host (effective uid 0)."""
+    return os.geteuid() == 0
 
 
 def restart_commands(unit: str, no_start: bool) -> List[List[str]]:
