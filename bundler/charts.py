@@ -13,14 +13,16 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import yaml
 
 from k3bundle.installer.errors import FetchError, IntegrityError, UsageError
+from k3bundle.installer.jsondoc import load_json
 
 from .cache import Cache
 from .fetch import Download, Fetcher
+from .limits import MAX_INDEX_YAML, check_digest, check_size
 from .reference import Reference, parse_reference
 from .registry import RegistryClient
 
@@ -43,7 +45,6 @@ _NAMESPACE_MAX = 63
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]{0,127}")
 _SCHEMES = ("oci://", "https://", "http://")
 _SCHEME_TEXT = "oci://, https:// or http://"
-_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _INDEX_DIGEST = re.compile(r"(sha256:)?[0-9a-fA-F]{64}")
 
 
@@ -214,9 +215,11 @@ def _fetch_classic(spec: ChartSpec, fetcher: Fetcher, cache: Cache) -> FetchedCh
     key = f"chart {index_url} {spec.name} {spec.version}"
     found = _recall(cache, key) if fetcher.settings.offline else None
     if found is None:
-        url, digest = _index_entry(spec, index_url, fetcher.get_text(index_url))
+        text = fetcher.get_text(index_url, MAX_INDEX_YAML)
+        url, digest = _index_entry(spec, index_url, text)
         found = {"url": url, "index": index_url, "checksum": digest}
         cache.remember(key, json.dumps(found, sort_keys=True))
+    check_digest(f"sha256:{found['checksum']}", key)
     path = fetcher.fetch(Download(found["url"], found["checksum"], spec.file_name))
     return FetchedChart(spec, path, found["checksum"], path.stat().st_size, found)
 
@@ -229,18 +232,18 @@ def _recall(cache: Cache, key: str) -> Dict[str, str]:
             f"--offline: {key} was never resolved with this cache",
             "Build once with network access to fill the cache.",
         )
-    found: Dict[str, str] = json.loads(text)
+    found = load_json(text, f"the cache's record of {key}", FetchError, _REFILL)
+    if not isinstance(found, dict) or not all(isinstance(v, str) for v in found.values()):
+        raise FetchError(f"the cache's record of {key} is damaged", _REFILL)
     return found
+
+
+_REFILL = "Build once with network access to fill the cache again."
 
 
 def _index_entry(spec: ChartSpec, index_url: str, text: str) -> Tuple[str, str]:
     """(absolute .tgz URL, sha256) of the chart's version in a repository's index.yaml."""
-    try:
-        index = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise FetchError(
-            f"{index_url} is not valid YAML: {exc}", "Check the repository URL."
-        ) from None
+    index = load_index_yaml(text, index_url)
     entries = index.get("entries") if isinstance(index, dict) else None
     if not isinstance(entries, dict):
         raise FetchError(f"{index_url} has no 'entries'", "Is this a Helm chart repository?")
@@ -259,7 +262,13 @@ def _index_entry(spec: ChartSpec, index_url: str, text: str) -> Tuple[str, str]:
         )
     if not isinstance(urls, list) or not urls or not isinstance(urls[0], str):
         raise FetchError(f"chart {spec.name} {spec.version} in {index_url} has no download URL")
-    return urljoin(index_url, urls[0]), digest.lower().replace("sha256:", "")
+    url = urljoin(index_url, urls[0])
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise FetchError(
+            f"chart {spec.name} {spec.version} in {index_url}: {url[:200]!r} is not an http(s) URL",
+            "k3bundle downloads charts over http(s) only; check the repository's index.yaml.",
+        )
+    return url, digest.lower().replace("sha256:", "")
 
 
 def _version_entry(spec: ChartSpec, index_url: str, versions: Any) -> Mapping[str, Any]:
@@ -305,7 +314,8 @@ def _fetch_oci(
     if found is None:
         found = _chart_layer(client, ref, url)
         cache.remember(key, json.dumps(found, sort_keys=True))
-    digest, size = found["digest"], int(found["size"])
+    digest = found["digest"]
+    size = check_size(int(found["size"]) if found["size"].isdigit() else -1, key)
     path = client.fetch_blob(ref, digest, size, cache)  # from the cache when it is there
     source = {"url": url, "manifest": found["manifest"], "checksum": digest}
     return FetchedChart(spec, path, digest.split(":", 1)[1], size, source)
@@ -314,20 +324,42 @@ def _fetch_oci(
 def _chart_layer(client: RegistryClient, ref: Reference, url: str) -> Dict[str, str]:
     """{digest, size, manifest} of the chart content layer in the chart's OCI manifest."""
     fetched = client.get_manifest(ref)
-    manifest = json.loads(fetched.data)
+    manifest = load_json(fetched.data, f"the manifest of {url}", FetchError)
     layers = manifest.get("layers") if isinstance(manifest, dict) else None
     for layer in layers if isinstance(layers, list) else []:
         if isinstance(layer, dict) and layer.get("mediaType") == CHART_LAYER:
-            digest, size = layer.get("digest"), layer.get("size")
-            if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
-                raise IntegrityError(f"{url}: chart layer digest {digest!r} is not sha256:HEX")
-            if not isinstance(size, int) or size < 0:
-                raise FetchError(f"{url}: chart layer has no size", "Push the chart again.")
+            digest = layer.get("digest")
+            check_digest(digest, f"{url}: chart layer")
+            size = check_size(layer.get("size"), f"{url}: chart layer")
             return {"digest": digest, "size": str(size), "manifest": fetched.digest}
     raise FetchError(
         f"{url} is not a Helm chart: its manifest has no {CHART_LAYER} layer",
         "Check the reference; Helm charts are pushed with 'helm push'.",
     )
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors and aliases: an alias bomb expands to gigabytes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        """Refuse an alias (*name) or an anchor (&name) before anything is expanded."""
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases are not accepted here", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def load_index_yaml(text: str, index_url: str) -> Any:
+    """A chart repository's index.yaml, read without anchors or aliases; FetchError otherwise."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except (yaml.YAMLError, RecursionError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise FetchError(
+            f"{index_url} is not a usable index.yaml: {reason}", "Check the repository URL."
+        ) from None
 
 
 class _Dumper(yaml.SafeDumper):

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from pathlib import Path
 from typing import Dict, Sequence, Tuple
 
 from k3bundle.installer.errors import UsageError
+from k3bundle.installer.jsondoc import load_json
 
 from .reference import DOCKER_HUB
 
@@ -42,15 +42,14 @@ def parse_registry_auth(values: Sequence[str]) -> Dict[str, Credentials]:
 
 def docker_config_auths(path: Path) -> Dict[str, Credentials]:
     """Credentials from a docker config.json "auths" (base64 "auth"); helpers are ignored."""
+    hint = "Fix or move the file, or pass --registry-auth HOST=USER:PASSWORD instead."
     try:
-        config = json.loads(path.read_text("utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as exc:
-        raise UsageError(
-            f"cannot read the docker config {path}: {exc}",
-            "Fix or move the file, or pass --registry-auth HOST=USER:PASSWORD instead.",
-        ) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read the docker config {path}: {exc.strerror}", hint) from None
+    config = load_json(data, f"the docker config {path}", UsageError, hint)
     auths = config.get("auths") if isinstance(config, dict) else None
     found: Dict[str, Credentials] = {}
     for host, entry in (auths if isinstance(auths, dict) else {}).items():

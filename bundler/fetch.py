@@ -22,6 +22,15 @@ import urllib3
 from k3bundle.installer.errors import FetchError, IntegrityError
 
 from .cache import Cache
+from .limits import (
+    MAX_RELEASE_FILE,
+    MAX_TEXT,
+    REDIRECT_ERRORS,
+    SafeSession,
+    read_bounded,
+    redirect_error,
+    too_large,
+)
 
 CHUNK = 1 << 20
 BUFFER = 4 << 20
@@ -55,11 +64,12 @@ class FetchSettings:
 
 @dataclass(frozen=True)
 class Download:
-    """One file to fetch: where from, and the sha256 it must have."""
+    """One file to fetch: where from, the sha256 it must have, and at most how many bytes."""
 
     url: str
     sha256: str
     name: str
+    max_size: int = MAX_RELEASE_FILE  # the declared size when one is known (a chart's layer)
 
 
 class FetchEvents:
@@ -82,8 +92,9 @@ class FetchEvents:
 
 
 def make_session() -> requests.Session:
-    """The one requests session: a User-Agent; retries and timeouts are handled per request."""
-    session = requests.Session()
+    """The one requests session: a User-Agent, checked redirects; retries and timeouts are
+    handled per request."""
+    session = SafeSession()
     session.headers["User-Agent"] = USER_AGENT
     # Release files are already compressed; identity keeps Range offsets meaningful.
     session.headers["Accept-Encoding"] = "identity"
@@ -125,22 +136,31 @@ class Fetcher:
         session: requests.Session = self._local.session
         return session
 
-    def get_text(self, url: str) -> str:
-        """A small text file (checksum file), with the same retry rules as downloads."""
+    def get_text(self, url: str, max_bytes: int = MAX_TEXT) -> str:
+        """A small UTF-8 text file (a checksum file) of at most `max_bytes`, with the same retry
+        rules as downloads."""
         for attempt in self._attempts(url):
             try:
-                return self._get_text_once(url)
+                data = self._get_bytes_once(url, max_bytes)
             except _Retry as retry:
                 self._pause(attempt, url, retry)
+                continue
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise FetchError(f"{url} is not UTF-8 text", "Check the URL.") from None
         raise AssertionError("unreachable")
 
-    def _get_text_once(self, url: str) -> str:
+    def _get_bytes_once(self, url: str, max_bytes: int) -> bytes:
         try:
-            response = self._session().get(url, timeout=self.settings.timeout)
+            get = self._session().get
+            with get(url, stream=True, timeout=self.settings.timeout) as response:
+                self._check_status(response, url)
+                return read_bounded(response, max_bytes, url)
+        except REDIRECT_ERRORS as exc:
+            raise redirect_error(url, exc) from None
         except TRANSIENT as exc:
             raise _Retry(f"{type(exc).__name__}: {exc}") from None
-        self._check_status(response, url)
-        return response.text
 
     def fetch_all(self, downloads: Sequence[Download]) -> Dict[str, Path]:
         """Fetch every download (in parallel, --jobs at once); return {sha256: cached path}."""
@@ -153,18 +173,25 @@ class Fetcher:
     def fetch(self, download: Download) -> Path:
         """One verified file in the cache: from the cache when present, else downloaded."""
         cached = self.cache.lookup(download.sha256)
-        if cached is not None:
-            self.events.finished(download, cached=True)
-            return cached
-        if self.settings.offline:
+        if cached is None and self.settings.offline:
             raise FetchError(
                 f"--offline: {download.name} (sha256 {download.sha256[:12]}…) is not in the cache "
                 f"{self.cache.root}",
                 "Run the same build once with network access to fill the cache.",
             )
+        if cached is None:
+            with self.cache.downloading(download.sha256) as partial:
+                # another thread or build may have admitted it while we waited
+                cached = self.cache.lookup(download.sha256)
+                if cached is None:
+                    return self._fetch_into(download, partial)
+        self.events.finished(download, cached=True)
+        return cached
+
+    def _fetch_into(self, download: Download, partial: Path) -> Path:
         for attempt in self._attempts(download.url):
             try:
-                return self._transfer(download)
+                return self._transfer(download, partial)
             except _Retry as retry:
                 self._pause(attempt, download.url, retry, download)
         raise AssertionError("unreachable")
@@ -201,9 +228,9 @@ class Fetcher:
                 "Check the URL and your access to it.",
             )
 
-    def _transfer(self, download: Download) -> Path:
-        partial = self.cache.partial(download.sha256)
+    def _transfer(self, download: Download, partial: Path) -> Path:
         have = partial.stat().st_size if partial.exists() else 0
+        have = have if have <= download.max_size else 0
         headers = {"Range": f"bytes={have}-"} if have else {}
         try:
             with self._session().get(
@@ -215,6 +242,8 @@ class Fetcher:
                 self._check_status(response, download.url)
                 resumed = have > 0 and response.status_code == 206
                 return self._stream(download, response, partial, have if resumed else 0)
+        except REDIRECT_ERRORS as exc:
+            raise redirect_error(download.url, exc) from None
         except TRANSIENT as exc:
             raise _Retry(f"{type(exc).__name__}: {exc}") from None
 
@@ -224,22 +253,44 @@ class Fetcher:
         digest = hash_prefix(partial, offset)
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
+        limit = min(download.max_size, total if total is not None else download.max_size)
+        if total is not None and total > download.max_size:
+            partial.unlink(missing_ok=True)
+            raise too_large(download.url, download.max_size)
         self.events.started(download, total, offset)
+        written = self._write(download, response, partial, offset, limit, digest)
+        if written > limit:  # stopped one buffer past the bound: nothing of it is kept
+            partial.unlink()
+            raise too_large(download.url, limit)
+        return self._admit(download, partial, digest.hexdigest())
+
+    def _write(
+        self,
+        download: Download,
+        response: requests.Response,
+        partial: Path,
+        offset: int,
+        limit: int,
+        digest: hashlib._Hash,
+    ) -> int:
+        """Append the body to `partial` from `offset`, stopping one byte past `limit`."""
+        written = offset
         with open(partial, "r+b" if offset else "wb") as out:
             out.seek(offset)
             out.truncate()
             # readinto one reused buffer: iter_content's per-chunk copies cost a third of the
             # throughput on loopback (bench/build_vs_curl.py).
             buffer = memoryview(bytearray(BUFFER))
-            while True:
-                count = response.raw.readinto(buffer)
+            while written <= limit:
+                count = response.raw.readinto(buffer[: min(BUFFER, limit - written + 1)])
                 if not count:
                     break
                 out.write(buffer[:count])
                 digest.update(buffer[:count])
+                written += count
                 self.transferred += count
                 self.events.advanced(download, count)
-        return self._admit(download, partial, digest.hexdigest())
+        return written
 
     def _admit(self, download: Download, partial: Path, actual: str) -> Path:
         if actual != download.sha256:

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from k3bundle.installer.errors import FetchError
+from k3bundle.installer.jsondoc import load_json
 
 from .cache import Cache
+from .limits import check_digest, check_size
 from .reference import Reference
 from .registry import Fetched, RegistryClient
 
@@ -36,6 +38,7 @@ _VARIANTS: Mapping[str, Tuple[Optional[str], ...]] = {
     "arm64": ("v8", None),
     "arm": ("v7", "v6", None),
 }
+_PLATFORM_KEYS = ("os", "architecture", "variant")
 ZSTD_WINDOW_LOG = 25  # k3s caps its zstd decoder at 1 << 25 bytes
 
 
@@ -58,17 +61,22 @@ class PulledImage:
 
 def platform_of(descriptor: Mapping[str, Any]) -> Tuple[str, str, Optional[str]]:
     """(os, architecture, variant) of an index entry."""
-    platform = descriptor.get("platform") or {}
+    platform = descriptor.get("platform")
+    platform = platform if isinstance(platform, dict) else {}
+    variant = platform.get("variant")
     return (
-        str(platform.get("os", "")),
-        str(platform.get("architecture", "")),
-        platform.get("variant"),
+        str(platform.get("os", ""))[:40],
+        str(platform.get("architecture", ""))[:40],
+        variant[:40] if isinstance(variant, str) else None,
     )
 
 
 def select_manifest(index: Mapping[str, Any], arch: str, image: str) -> Mapping[str, Any]:
     """The index entry for linux/`arch`, preferring the variant k3s runs (arm → v7)."""
-    entries = [d for d in index.get("manifests", []) if isinstance(d, dict)]
+    listed = index.get("manifests")
+    if not isinstance(listed, list):
+        raise FetchError(f"image {image}: its index has no list of manifests")
+    entries = [d for d in listed if isinstance(d, dict)]
     for variant in _VARIANTS[arch]:
         for entry in entries:
             if platform_of(entry) == ("linux", arch, variant):
@@ -89,25 +97,23 @@ def get_manifest(
     if client.settings.offline:
         return _recall_manifest(cache, key, ref, wanted)
     fetched = client.get_manifest(ref, wanted)
-    hexdigest = fetched.digest.split(":", 1)[-1]
-    stored = cache.partial(hexdigest)  # verified bytes; the name is unique per thread
-    stored = stored.with_name(f"{stored.name}.{threading.get_ident()}")
-    stored.write_bytes(fetched.data)
-    cache.admit(stored, hexdigest)
+    cache.store(check_digest(fetched.digest, f"image {ref.name}"), fetched.data)
     cache.remember(key, json.dumps({"digest": fetched.digest, "media_type": fetched.media_type}))
     return fetched
 
 
 def _recall_manifest(cache: Cache, key: str, ref: Reference, wanted: str) -> Fetched:
     memo = cache.recall(key)
-    path = cache.lookup(json.loads(memo)["digest"].split(":", 1)[-1]) if memo else None
-    if memo is None or path is None:
+    hint = "Run the same build once with network access to fill the cache."
+    found = load_json(memo, f"the cache's record of {key}", FetchError, hint) if memo else None
+    digest = found.get("digest") if isinstance(found, dict) else None
+    media_type = found.get("media_type") if isinstance(found, dict) else None
+    path = cache.lookup(check_digest(digest, key)) if memo and isinstance(media_type, str) else None
+    if path is None:
         raise FetchError(
-            f"--offline: the manifest {wanted} of image {ref.name} is not in the cache",
-            "Run the same build once with network access to fill the cache.",
+            f"--offline: the manifest {wanted} of image {ref.name} is not in the cache", hint
         )
-    found = json.loads(memo)
-    return Fetched(found["media_type"], found["digest"], path.read_bytes())
+    return Fetched(str(media_type), str(digest), path.read_bytes())
 
 
 def pull(client: RegistryClient, ref: Reference, arch: str, cache: Cache) -> PulledImage:
@@ -117,8 +123,11 @@ def pull(client: RegistryClient, ref: Reference, arch: str, cache: Cache) -> Pul
     manifest, platform = top, {"os": "linux", "architecture": arch}
     if top.media_type in INDEX_TYPES or "manifests" in doc:
         entry = select_manifest(doc, arch, ref.name)
-        manifest = get_manifest(client, ref, cache, str(entry["digest"]))
-        platform = dict(entry.get("platform") or platform)
+        check_digest(entry.get("digest"), f"image {ref.name}: index entry for {arch}")
+        manifest = get_manifest(client, ref, cache, entry["digest"])
+        platform = {
+            k: v for k, v in zip(("os", "architecture", "variant"), platform_of(entry)) if v
+        }
         doc = _json(manifest, ref)
     blobs = _blobs(doc, ref)
     for digest, size in blobs:
@@ -149,29 +158,31 @@ def pull_all(
 
 
 def _json(fetched: Fetched, ref: Reference) -> Dict[str, Any]:
-    try:
-        doc = json.loads(fetched.data)
-    except ValueError:
-        raise FetchError(f"image {ref.name}: manifest {fetched.digest} is not JSON") from None
+    doc = load_json(fetched.data, f"image {ref.name}: manifest {fetched.digest}", FetchError)
     if not isinstance(doc, dict):
         raise FetchError(f"image {ref.name}: manifest {fetched.digest} is not a JSON object")
     return doc
 
 
 def _blobs(doc: Mapping[str, Any], ref: Reference) -> List[Tuple[str, int]]:
-    try:
-        descriptors = [doc["config"], *doc.get("layers", [])]
-        return [(str(d["digest"]), int(d["size"])) for d in descriptors]
-    except (KeyError, TypeError, ValueError):
-        raise FetchError(
-            f"image {ref.name}: its manifest lists no config or malformed layers"
-        ) from None
+    layers = doc.get("layers", [])
+    if not isinstance(doc.get("config"), dict) or not isinstance(layers, list):
+        raise FetchError(f"image {ref.name}: its manifest lists no config or malformed layers")
+    blobs = []
+    for number, descriptor in enumerate([doc["config"], *layers]):
+        where = f"image {ref.name}: " + (f"layer {number}" if number else "config")
+        if not isinstance(descriptor, dict):
+            raise FetchError(f"{where} is not a descriptor")
+        check_digest(descriptor.get("digest"), where)
+        blobs.append((str(descriptor["digest"]), check_size(descriptor.get("size"), where)))
+    return blobs
 
 
 def _check_config_arch(cache: Cache, digest: str, arch: str, ref: Reference) -> None:
-    path = cache.lookup(digest.split(":", 1)[-1])
-    config = json.loads(path.read_bytes()) if path else {}
-    found = (config.get("os"), config.get("architecture"))
+    path = cache.lookup(check_digest(digest, f"image {ref.name}: config"))
+    config = load_json(path.read_bytes(), f"image {ref.name}: config", FetchError) if path else {}
+    config = config if isinstance(config, dict) else {}
+    found = (str(config.get("os"))[:40], str(config.get("architecture"))[:40])
     if found != ("linux", arch):
         raise FetchError(
             f"image {ref.name} is a single-platform image for {found[0]}/{found[1]}, "

@@ -22,7 +22,7 @@ _DOMAIN = re.compile(
     r"(?::[0-9]+)?"
 )
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)  # ASCII: Python's \w is Unicode
 _DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 _MAX_NAME = 255
 _HINT = "Write it as [REGISTRY/]REPOSITORY[:TAG][@sha256:DIGEST], e.g. ghcr.io/org/app:1.2."

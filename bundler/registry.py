@@ -62,7 +62,7 @@ AUTH_HINT = (
     "and check the image name: registries answer 'unauthorized' for names that do not exist."
 )
 _T = TypeVar("_T")
-_TAG = re.compile(r"[\w][\w.-]{0,127}")  # distribution's tag grammar (bundler/reference.py)
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)  # a tag (bundler/reference.py)
 DEFAULT_SETTINGS = FetchSettings()
 
 

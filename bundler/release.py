@@ -14,16 +14,18 @@ from k3bundle.installer.manifest import check_arch
 
 DEFAULT_RELEASE_URL = "https://github.com/k3s-io/k3s/releases/download"
 DEFAULT_CHANNEL_URL = "https://update.k3s.io/v1-release/channels"
+MAX_LOCATION = 2048  # a channel answer is a redirect to .../tag/<version>; nothing longer is read
 IMAGE_FORMATS = {"zst": ".tar.zst", "gz": ".tar.gz", "tar": ".tar"}
 _BINARY = {"amd64": "k3s", "arm64": "k3s-arm64", "arm": "k3s-armhf"}
-_VERSION = re.compile(r"^v\d+\.\d+\.\d+(-(alpha|beta|rc)\d+)?\+k3s\d+$")
-_CHANNEL = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
-_CHECKSUM_LINE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(\S+)$")
+# fullmatch only: `$` also matches before a trailing newline, which then reaches file names.
+_VERSION = re.compile(r"v\d+\.\d+\.\d+(-(alpha|beta|rc)\d+)?\+k3s\d+", re.ASCII)
+_CHANNEL = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
+_CHECKSUM_LINE = re.compile(r"([0-9a-fA-F]{64})\s+\*?(\S+)", re.ASCII)
 
 
 def check_version(version: str) -> str:
     """Return a valid k3s tag (v1.31.4+k3s1, v1.32.4-rc1+k3s1) or raise UsageError."""
-    if not _VERSION.match(version):
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
         raise UsageError(
             f"{version!r} is not a k3s version",
             "Versions look like v1.31.4+k3s1 or v1.32.4-rc1+k3s1 (see the k3s releases page).",
@@ -60,7 +62,7 @@ def parse_checksums(text: str, origin: str) -> Dict[str, str]:
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        match = _CHECKSUM_LINE.match(stripped)
+        match = _CHECKSUM_LINE.fullmatch(stripped)
         if not match:
             raise FetchError(f"{origin} line {number} is not a sha256sum line: {stripped[:80]!r}")
         sums[match.group(2)] = match.group(1).lower()
@@ -89,19 +91,20 @@ def resolve_channel(
     session: requests.Session, channel_url: str, channel: str, timeout: Tuple[float, float]
 ) -> Resolved:
     """Ask the channel server; its 302 Location ends in the tag."""
-    if not _CHANNEL.match(channel):
+    if not isinstance(channel, str) or not _CHANNEL.fullmatch(channel):
         raise UsageError(
             f"{channel!r} is not a channel name",
             "Channels look like stable, latest, testing or v1.31.",
         )
     url = f"{channel_url.rstrip('/')}/{channel}"
     try:
-        response = session.get(url, allow_redirects=False, timeout=timeout)
+        # stream=True and no body read: the answer is its status and Location, nothing more
+        with session.get(url, allow_redirects=False, timeout=timeout, stream=True) as response:
+            location = response.headers.get("Location", "")[:MAX_LOCATION]
     except requests.RequestException as exc:
         raise FetchError(
             f"cannot reach the channel server at {url}: {exc}", "Pin a release with --version."
         ) from None
-    location = response.headers.get("Location", "")
     if response.status_code not in (301, 302, 303, 307, 308) or not location:
         raise FetchError(
             f"channel {channel!r} is unknown at {url} (HTTP {response.status_code})",
@@ -109,7 +112,7 @@ def resolve_channel(
         )
     tag = urlsplit(location).path.rstrip("/").rsplit("/", 1)[-1]
     version = unquote(tag)
-    if not _VERSION.match(version):
+    if not _VERSION.fullmatch(version):
         raise FetchError(
             f"channel {channel!r} at {url} points to {location!r}, which holds no k3s version"
         )

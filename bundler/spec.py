@@ -6,6 +6,7 @@ Errors name the field and the line it is on, so a user can fix a spec without gu
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -17,6 +18,18 @@ import k3bundle.manifests
 from k3bundle.installer.errors import UsageError
 
 SCHEMA_PATH = Path(k3bundle.manifests.__file__).with_name("bundle.schema.json")
+MAX_DEPTH = 32  # the schema nests 5 deep; chart values and install config a little deeper
+_PLAIN = (str, int, float, bool, type(None))  # what JSON can hold (the manifest is JSON)
+# The schema's patterns end in `$`, which also matches before a trailing newline: these fields
+# become file names and tags, so they are checked again in full.
+_FULL = {
+    ("metadata", "name"): re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", re.ASCII),
+    ("k3s", "version"): re.compile(r"v\d+\.\d+\.\d+(-(alpha|beta|rc)\d+)?\+k3s\d+", re.ASCII),
+    ("k3s", "channel"): re.compile(r"[a-z0-9][a-z0-9.-]{0,62}"),
+}
+_HINT = (
+    "See manifests/*.yaml for commented examples and manifests/bundle.schema.json for every field."
+)
 
 
 @dataclass(frozen=True)
@@ -50,9 +63,45 @@ def load_spec(path: Path) -> Spec:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise UsageError(f"{path} is not valid YAML: {exc}") from None
+        raise UsageError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise UsageError(f"{path} nests deeper than {MAX_DEPTH} levels", _HINT) from None
+    check_plain(doc, node, str(path))
     validate(doc, node, str(path))
+    _check_full(doc, node, str(path))
     return replace(_to_spec(doc), base_dir=path.parent)
+
+
+def check_plain(doc: Any, node: Optional[yaml.Node], origin: str) -> None:
+    """Refuse what JSON cannot hold: YAML dates, sets, binary, non-string keys, deep nesting."""
+    stack: List[Tuple[Any, List[Union[str, int]]]] = [(doc, [])]
+    while stack:
+        value, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            _refuse(node, path, origin, f"nests deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    _refuse(node, path, origin, f"the key {str(key)[:60]!r} is not a string")
+                stack.append((item, [*path, key]))
+        elif isinstance(value, list):
+            stack.extend((item, [*path, number]) for number, item in enumerate(value))
+        elif not isinstance(value, _PLAIN):
+            kind = type(value).__name__
+            _refuse(node, path, origin, f"YAML reads {str(value)[:60]!r} as a {kind}; quote it")
+
+
+def _refuse(node: Optional[yaml.Node], path: List[Union[str, int]], origin: str, why: str) -> None:
+    line = _line(node, path)
+    at = f" (line {line})" if line else ""
+    raise UsageError(f"{origin}: {_field_name(path)}{at}: {why}", _HINT)
+
+
+def _check_full(doc: Mapping[str, Any], node: Optional[yaml.Node], origin: str) -> None:
+    for (section, key), pattern in _FULL.items():
+        value = (doc.get(section) or {}).get(key)
+        if value is not None and not pattern.fullmatch(value):
+            _refuse(node, [section, key], origin, f"{value!r} is not a valid {key}")
 
 
 def validate(doc: Any, node: Optional[yaml.Node], origin: str) -> None:
@@ -65,11 +114,7 @@ def validate(doc: Any, node: Optional[yaml.Node], origin: str) -> None:
     where = _field_name(_error_path(error))
     line = _line(node, _error_path(error))
     at = f" (line {line})" if line else ""
-    raise UsageError(
-        f"{origin}: {where}{at}: {_explain(error)}",
-        "See manifests/*.yaml for commented examples and manifests/bundle.schema.json "
-        "for every field.",
-    )
+    raise UsageError(f"{origin}: {where}{at}: {_explain(error)}", _HINT)
 
 
 def _error_path(error: jsonschema.ValidationError) -> List[Union[str, int]]:
@@ -120,7 +165,7 @@ def _child(node: yaml.Node, part: Union[str, int]) -> Optional[Tuple[yaml.Node, 
     """(key, value) of a mapping field, or (item, item) of a sequence item."""
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
-            if key.value == part:
+            if isinstance(key, yaml.ScalarNode) and key.value == part:
                 return key, value
     if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
         return node.value[part], node.value[part]

@@ -18,6 +18,9 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
+from k3bundle.installer.errors import FetchError
+from k3bundle.installer.jsondoc import load_json
+
 from .cache import Cache
 
 STAMP_FORMAT = "k3bundle-build/v1"
@@ -62,13 +65,13 @@ def _state(path: Path) -> Dict[str, int]:
 def current(cache: Cache, output: Path, digest: str) -> Optional[Mapping[str, Any]]:
     """The record, when DIR holds the build `digest` describes with every file untouched."""
     try:
-        stamp = json.loads(cache.recall(_key(output)) or "{}")
+        stamp = load_json(cache.recall(_key(output)) or "{}", "the build record", FetchError)
         if stamp.get("format") != STAMP_FORMAT or stamp.get("recipe") != digest:
             return None
         for name, recorded in stamp["files"].items():
             if _state(output / name) != {k: recorded[k] for k in _STATE_KEYS}:
                 return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (FetchError, OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return dict(stamp)
 
