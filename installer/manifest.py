@@ -8,23 +8,24 @@ from __future__ import annotations
 
 import json
 import posixpath
-import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
+from . import manifest_fields as fields
 from .errors import ArchError, FormatError, UsageError
+from .jsondoc import load_json
+from .manifest_fields import MANIFEST_NAME, SIGNATURE_NAME, check_member_path
+
+__all__ = ["MANIFEST_NAME", "SIGNATURE_NAME", "check_member_path"]  # re-exported for the bundler
 
 FORMAT = "k3bundle/v1"
-MANIFEST_NAME = "k3bundle.json"
-SIGNATURE_NAME = "k3bundle.json.sig"
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # checked from the tar header, before the member is read
+MAX_SIGNATURE_BYTES = 64 * 1024  # a real signature member is about 200 bytes
 
 ARCHES = ("amd64", "arm64", "arm")
 KINDS = ("k3s-binary", "airgap-images", "images", "chart", "helmchart-manifest")
 
 _MACHINE_TO_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
-_SAFE_PATH = re.compile(r"^[A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def arch_from_machine(machine: str) -> str:
@@ -45,17 +46,6 @@ def check_arch(arch: str) -> str:
     if arch not in ARCHES:
         raise UsageError(f"unknown architecture {arch!r}", f"Choose one of: {', '.join(ARCHES)}.")
     return arch
-
-
-def check_member_path(path: str) -> str:
-    """Refuse absolute, `..`, empty or unusual member paths; return the path unchanged."""
-    if not path or path.startswith("/") or "\\" in path:
-        raise FormatError(f"bundle member {path!r} has an absolute or malformed path")
-    if ".." in path.split("/") or posixpath.normpath(path) != path:
-        raise FormatError(f"bundle member {path!r} leaves the bundle (a '..' or unnormalised path)")
-    if not _SAFE_PATH.match(path) or path in (MANIFEST_NAME, SIGNATURE_NAME):
-        raise FormatError(f"bundle member {path!r} has a name k3bundle/v1 does not allow")
-    return path
 
 
 @dataclass(frozen=True)
@@ -115,15 +105,20 @@ class Manifest:
         return canonical_json(self.to_json())
 
     def for_arch(self, arch: str) -> Tuple[Entry, ...]:
-        """Entries an `arch` host installs: its own and the architecture-neutral ones."""
-        if arch not in self.architectures:
-            have = ", ".join(self.architectures) or "none"
+        """Entries an `arch` host installs: its own and the architecture-neutral ones.
+
+        Refused (ArchError) when the bundle has no k3s binary for `arch`: installing only the
+        unit and links would leave a host that cannot start.
+        """
+        carried = sorted({e.arch for e in self.entries if e.kind == "k3s-binary" and e.arch})
+        if arch not in self.architectures or arch not in carried:
+            have = ", ".join(carried) or "none"
             raise ArchError(
-                f"the bundle has no files for architecture {arch} (it carries: {have})",
-                f"Rebuild it with 'k3bundle build --arch {arch}', or pass --arch if the host "
-                "was detected wrongly.",
+                f"the bundle has no k3s binary for architecture {arch} (it carries: {have})",
+                f"Use a bundle built with 'k3bundle build --arch {arch}', or pass --arch "
+                f"({have}) if the host was detected wrongly.",
             )
-        return tuple(e for e in self.entries if e.arch in (None, arch))
+        return tuple(e for e in self.entries if e.arch is None or e.arch == arch)
 
 
 def canonical_json(doc: Any) -> bytes:
@@ -132,72 +127,84 @@ def canonical_json(doc: Any) -> bytes:
 
 
 def parse(data: bytes) -> Manifest:
-    """Parse and validate manifest bytes; raise FormatError naming the problem."""
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise FormatError(f"{MANIFEST_NAME} is not valid JSON ({exc})") from None
+    """Parse and validate manifest bytes: every field's type and shape; FormatError otherwise."""
+    doc = load_json(data, MANIFEST_NAME, max_bytes=MAX_MANIFEST_BYTES)
     if not isinstance(doc, dict):
         raise FormatError(f"{MANIFEST_NAME} is not a JSON object")
     _check_format(doc.get("format"))
-    arches = tuple(_typed(doc, "architectures", list))
-    for arch in arches:
-        if arch not in ARCHES:
-            raise FormatError(f"{MANIFEST_NAME} names an unknown architecture {arch!r}")
-    entries = tuple(_parse_entry(item, arches) for item in _typed(doc, "files", list))
+    arches = _parse_arches(doc)
+    items = fields.objects(fields.array(doc, "files", MANIFEST_NAME), "files")
+    entries = tuple(_parse_entry(item, arches) for item in items)
     _check_unique(entries)
     known = {"format", "k3s_version", "architectures", "files", "install"}
+    extra = {k: v for k, v in doc.items() if k not in known}
+    _check_summaries(extra)
     return Manifest(
-        k3s_version=_typed(doc, "k3s_version", str),
+        k3s_version=fields.text(doc, "k3s_version", MANIFEST_NAME, fields.K3S_VERSION),
         architectures=arches,
         entries=entries,
-        install=_typed(doc, "install", dict),
-        extra={k: v for k, v in doc.items() if k not in known},
+        install=_parse_install(doc),
+        extra=extra,
     )
 
 
 def _check_format(value: Any) -> None:
     if value == FORMAT:
         return
+    shown = value if isinstance(value, (str, type(None))) else type(value).__name__
     raise FormatError(
-        f"{MANIFEST_NAME} declares format {value!r}; this installer reads only {FORMAT}",
+        f"{MANIFEST_NAME} declares format {shown!r}; this installer reads only {FORMAT}",
         "Use the k3bundle-install.pyz that came with the bundle, or a newer k3bundle.",
     )
 
 
-def _typed(doc: Mapping[str, Any], key: str, kind: type) -> Any:
-    value = doc.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise FormatError(f"{MANIFEST_NAME}: field {key!r} is missing or not a {kind.__name__}")
-    return value
+def _parse_arches(doc: Mapping[str, Any]) -> Tuple[str, ...]:
+    arches = fields.array(doc, "architectures", MANIFEST_NAME)
+    for arch in arches:
+        if not isinstance(arch, str) or arch not in ARCHES:
+            raise FormatError(f"{MANIFEST_NAME} names an unknown architecture {arch!r}")
+    if len(set(arches)) != len(arches):
+        raise FormatError(f"{MANIFEST_NAME} lists an architecture twice")
+    return tuple(arches)
 
 
-def _parse_entry(item: Any, arches: Tuple[str, ...]) -> Entry:
-    if not isinstance(item, dict):
-        raise FormatError(f"{MANIFEST_NAME}: a files[] item is not an object")
-    path = check_member_path(_typed(item, "path", str))
-    sha = _typed(item, "sha256", str)
-    kind = _typed(item, "kind", str)
-    size = _typed(item, "size", int)
+def _parse_entry(item: Mapping[str, Any], arches: Tuple[str, ...]) -> Entry:
+    path = check_member_path(fields.text(item, "path", "a files[] item"))
+    where = f"{MANIFEST_NAME}: file {path!r}"
+    sha = item.get("sha256")
+    if not isinstance(sha, str) or not fields.SHA256.fullmatch(sha):
+        raise FormatError(f"{where} has a malformed sha256 (field 'sha256')")
+    kind = fields.text(item, "kind", where)
+    if kind not in KINDS:
+        raise FormatError(f"{where} has an unknown kind {kind!r}")
     arch = item.get("arch")
-    problems = [
-        (not _SHA256.match(sha), "a malformed sha256"),
-        (kind not in KINDS, f"an unknown kind {kind!r}"),
-        (size < 0, "a negative size"),
-        (arch is not None and arch not in arches, f"an architecture {arch!r} not listed"),
-    ]
-    for bad, what in problems:
-        if bad:
-            raise FormatError(f"{MANIFEST_NAME}: file {path!r} has {what}")
-    mode = _parse_mode(path, item.get("mode", "0644"))
-    source = item.get("source") or {}
-    return Entry(path, size, sha, kind, mode, arch, {str(k): str(v) for k, v in source.items()})
+    if arch is not None and (not isinstance(arch, str) or arch not in arches):
+        raise FormatError(f"{where} has an architecture {arch!r} not listed")
+    size = fields.integer(item, "size", where)
+    mode = fields.mode(item, where)
+    return Entry(path, size, sha, kind, mode, arch, fields.string_map(item, "source", where))
 
 
-def _parse_mode(path: str, mode: Any) -> int:
-    if isinstance(mode, str) and re.match(r"^0?[0-7]{3}$", mode):
-        return int(mode, 8)
-    raise FormatError(f"{MANIFEST_NAME}: file {path!r} has a malformed mode {mode!r}")
+def _parse_install(doc: Mapping[str, Any]) -> Dict[str, Any]:
+    """The install defaults; config.yaml and registries.yaml must be objects."""
+    install = fields.optional_mapping(doc, "install", MANIFEST_NAME)
+    for key in ("config", "registries"):
+        fields.optional_mapping(install, key, f"{MANIFEST_NAME}: install")
+    return install
+
+
+def _check_summaries(extra: Mapping[str, Any]) -> None:
+    """The optional `images` and `charts` summaries, which inspect prints."""
+    for image in fields.objects(fields.optional_array(extra, "images", MANIFEST_NAME), "images"):
+        for key in ("name", "digest"):
+            fields.text(image, key, f"{MANIFEST_NAME}: images[]")
+        fields.integer(image, "size", f"{MANIFEST_NAME}: images[]")
+        arches: List[Any] = fields.array(image, "arches", f"{MANIFEST_NAME}: images[]")
+        if not all(isinstance(a, str) and a in ARCHES for a in arches):
+            raise FormatError(f"{MANIFEST_NAME}: images[] names an unknown architecture")
+    for chart in fields.objects(fields.optional_array(extra, "charts", MANIFEST_NAME), "charts"):
+        for key in ("name", "version", "namespace"):
+            fields.text(chart, key, f"{MANIFEST_NAME}: charts[]")
 
 
 def _check_unique(entries: Tuple[Entry, ...]) -> None:

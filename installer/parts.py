@@ -10,18 +10,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, List, Optional, Sequence
+from typing import IO, Any, Dict, List, Optional, Sequence
 
+from . import manifest_fields as fields
 from .errors import FormatError, IntegrityError, K3BundleError
 from .hashing import CHUNK, HashPool, PartJob, Segment, damaged_part
+from .jsondoc import load_json
 
 PARTS_SUFFIX = ".parts.json"
 PARTS_FORMAT = "k3bundle-parts/v1"
-_PART_RE = re.compile(r"^(?P<base>.+)\.(?P<index>\d{3})$")
+_PART_RE = re.compile(r"(?P<base>.+)\.(?P<index>[0-9]{3})", re.ASCII | re.DOTALL)
+MAX_INDEX_BYTES = 1 << 20  # 1,000 parts (NNN) take about 150 KiB
+MAX_PARTS = 1000
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,8 @@ def resolve_parts(path: Path) -> Optional[List[Part]]:
     name = path.name
     if name.endswith(PARTS_SUFFIX):
         index = path
-    elif _PART_RE.match(name):
-        index = parts_index_path(path.with_name(_PART_RE.match(name).group("base")))  # type: ignore[union-attr]
+    elif _PART_RE.fullmatch(name):
+        index = parts_index_path(path.with_name(_PART_RE.fullmatch(name).group("base")))  # type: ignore[union-attr]
     else:
         return None
     if not index.is_file():
@@ -56,20 +59,38 @@ def resolve_parts(path: Path) -> Optional[List[Part]]:
 
 
 def _read_parts_index(index: Path) -> List[Part]:
-    try:
-        doc = json.loads(index.read_text("utf-8"))
-        if doc.get("format") != PARTS_FORMAT:
-            raise ValueError("format")
-        parts = [
-            Part(index.with_name(p["name"]), int(p["size"]), str(p["sha256"])) for p in doc["parts"]
-        ]
-    except (ValueError, KeyError, TypeError, OSError):
-        raise FormatError(f"parts index {index} is malformed") from None
-    for part in parts:
-        if "/" in part.path.name or part.path.name.startswith("."):
-            raise FormatError(f"parts index {index} names an unsafe part {part.path.name!r}")
+    doc = load_json(_index_bytes(index), f"parts index {index}", max_bytes=MAX_INDEX_BYTES)
+    if not isinstance(doc, dict) or doc.get("format") != PARTS_FORMAT:
+        raise FormatError(f"parts index {index} is malformed (not a {PARTS_FORMAT} object)")
+    items = fields.objects(fields.array(doc, "parts", str(index)), f"parts index {index}: parts")
+    if not 0 < len(items) <= MAX_PARTS:
+        raise FormatError(f"parts index {index} lists {len(items)} parts (1 to {MAX_PARTS})")
+    parts = [_part(index, position, item) for position, item in enumerate(items)]
     _check_parts_present(parts)
     return parts
+
+
+def _index_bytes(index: Path) -> bytes:
+    """The index file's bytes, refused by its size before it is read."""
+    try:
+        with open(index, "rb") as handle:
+            data = handle.read(MAX_INDEX_BYTES + 1)  # bounded even if the file grows meanwhile
+    except OSError as exc:
+        raise FormatError(f"cannot read parts index {index}: {exc.strerror}") from None
+    if len(data) > MAX_INDEX_BYTES:
+        raise FormatError(f"parts index {index} is larger than {MAX_INDEX_BYTES} bytes")
+    return data
+
+
+def _part(index: Path, position: int, item: Dict[str, Any]) -> Part:
+    """One part: the sibling NAME.tar.NNN in order, with a typed size and sha256."""
+    expected = f"{index.name[: -len(PARTS_SUFFIX)]}.{position:03d}"
+    where = f"parts index {index}: part {position}"
+    name = fields.text(item, "name", where)
+    if name != expected:
+        raise FormatError(f"{where} is named {name[:80]!r}, not {expected!r}")
+    sha = fields.text(item, "sha256", where, fields.SHA256)
+    return Part(index.with_name(name), fields.integer(item, "size", where), sha)
 
 
 def _check_parts_present(parts: Sequence[Part]) -> None:

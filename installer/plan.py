@@ -119,12 +119,17 @@ class Plan:
     links: Tuple[Link, ...]
     skipped: Tuple[Entry, ...]
 
+    # Payload placements by member path, built once: looking each entry up must not scan
+    # every file (100,000 entries would take minutes).
+    _by_path: Dict[str, Placement] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index = {p.entry.path: p for p in self.files if p.entry is not None}
+        object.__setattr__(self, "_by_path", index)
+
     def placement_for(self, entry: Entry) -> Optional[Placement]:
         """The placement of a payload entry, or None when this host skips it."""
-        for placement in self.files:
-            if placement.entry is not None and placement.entry.path == entry.path:
-                return placement
-        return None
+        return self._by_path.get(entry.path)
 
 
 def target_of(entry: Entry, bin_dir: str = BIN_DIR) -> Tuple[str, int]:
@@ -168,7 +173,8 @@ def plan_install(
     folders = _folders(previous, missing(targets))
     record = _record(manifest, bundle_id, arch, host, files, links, previous, folders)
     files.append(Placement(RECORD_PATH, 0o600, content=record))
-    skipped = tuple(e for e in manifest.entries if e not in chosen)
+    kept = {e.path for e in chosen}  # a set: `e not in chosen` would be quadratic
+    skipped = tuple(e for e in manifest.entries if e.path not in kept)
     return Plan(arch, service, tuple(files), tuple(links), skipped)
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -19,13 +19,16 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .errors import FormatError, TrustError
-from .manifest import SIGNATURE_NAME, canonical_json
+from .jsondoc import load_json
+from .manifest import MAX_SIGNATURE_BYTES, SIGNATURE_NAME, canonical_json
 
 ALGORITHM = "ed25519"
 TRUST_DIR = "etc/k3bundle/trusted.d"
 # DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410); the 32 raw key bytes follow it.
 _ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 _BACKEND_ENV = "K3BUNDLE_VERIFY_WITH"
+KEY_ID = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
+_ED25519_SIGNATURE_BYTES = 64
 
 
 @dataclass(frozen=True)
@@ -107,14 +110,22 @@ def load_trusted_keys(paths: Sequence[str], root: str) -> List[PublicKey]:
 
 def parse_signature(data: bytes) -> Signature:
     """Decode the signature member; raise FormatError if it is malformed."""
+    doc = load_json(data, SIGNATURE_NAME, max_bytes=MAX_SIGNATURE_BYTES)
+    if not isinstance(doc, dict):
+        raise FormatError(f"{SIGNATURE_NAME} is not a JSON object")
+    algorithm, key_id, encoded = (doc.get(k) for k in ("algorithm", "key_id", "signature"))
+    if algorithm != ALGORITHM:
+        shown = algorithm if isinstance(algorithm, str) else type(algorithm).__name__
+        raise FormatError(f"{SIGNATURE_NAME} uses algorithm {shown[:40]!r}, not ed25519")
+    if not isinstance(key_id, str) or not KEY_ID.fullmatch(key_id):
+        raise FormatError(f"{SIGNATURE_NAME} is malformed (its key_id is not sha256:<hex>)")
     try:
-        doc = json.loads(data.decode("utf-8"))
-        if doc["algorithm"] != ALGORITHM:
-            raise FormatError(f"{SIGNATURE_NAME} uses algorithm {doc['algorithm']!r}, not ed25519")
-        value = base64.b64decode(doc["signature"], validate=True)
-        return Signature(str(doc["key_id"]), value)
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise FormatError(f"{SIGNATURE_NAME} is malformed") from None
+        value = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else b""
+    except (binascii.Error, ValueError):
+        value = b""
+    if len(value) != _ED25519_SIGNATURE_BYTES:
+        raise FormatError(f"{SIGNATURE_NAME} is malformed (its signature is not 64 base64 bytes)")
+    return Signature(key_id, value)
 
 
 def verify(message: bytes, signature: Signature, keys: Sequence[PublicKey]) -> PublicKey:

@@ -35,6 +35,7 @@ from .hashing import (
 from .manifest import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_BYTES,
     SIGNATURE_NAME,
     Entry,
     Manifest,
@@ -186,9 +187,11 @@ class BundleSource:
             self._pending = info
             return None
         _check_type(info, self.name)
-        if info.size > MAX_MANIFEST_BYTES:
+        limit = MAX_MANIFEST_BYTES if name == MANIFEST_NAME else MAX_SIGNATURE_BYTES
+        if info.size > limit:  # from the header, before a byte of it is read
             raise FormatError(
-                f"{name} in {self.name} is {info.size} bytes, larger than any real manifest"
+                f"{name} in {self.name} is {info.size} bytes, more than the {limit} a k3bundle/v1 "
+                "bundle allows"
             )
         data: bytes = self._tar.read_all()
         return data

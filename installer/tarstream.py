@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tarfile
 from typing import Dict, List, Optional, Protocol
 
@@ -20,6 +21,10 @@ BLOCK = 512
 _ZERO = bytes(BLOCK)
 END_BLOCKS = "its end-of-archive blocks"
 _MAX_META = 1 << 20  # a pax or long-name record larger than this is not a real bundle's
+MAX_MEMBER_SIZE = 1 << 50  # the manifest's own bound on an entry's size (manifest_fields)
+# int() accepts any Unicode digit ("²" fails later, "٣" is 3): sizes and lengths are ASCII only.
+_DECIMAL = re.compile(r"[0-9]{1,20}", re.ASCII)
+_DECIMAL_BYTES = re.compile(rb"[0-9]{1,20}")
 
 
 class RawReader(Protocol):
@@ -83,6 +88,10 @@ class TarStream:
         raw, size = self._raw, self._remaining
         if isinstance(raw, io.FileIO) and raw.seekable():
             offset = raw.tell()
+            if (
+                offset + size > os.fstat(raw.fileno()).st_size
+            ):  # never hash bytes that are not there
+                raise IntegrityError(f"{self._label} is truncated inside {self._member}")
             raw.seek(size, os.SEEK_CUR)
             segments: Optional[List[Segment]] = [(raw.fileno(), offset, size)]
         else:
@@ -112,9 +121,18 @@ class TarStream:
 
     def _header(self, block: bytes) -> tarfile.TarInfo:
         try:
-            return tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-        except tarfile.HeaderError as exc:
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except (tarfile.HeaderError, ValueError, OverflowError) as exc:
             raise IntegrityError(f"{self._label} has a damaged tar header ({exc})") from None
+        self._check_size(info.name, info.size)
+        return info
+
+    def _check_size(self, name: str, size: int) -> None:
+        """Refuse a negative (base-256) or absurd member size before anything uses it."""
+        if not 0 <= size <= MAX_MEMBER_SIZE:
+            raise FormatError(
+                f"{self._label}: member {name[:80]!r} has an impossible size {size} in its header"
+            )
 
     def _meta(self, info: tarfile.TarInfo) -> Dict[str, str]:
         if info.size > _MAX_META:
@@ -129,9 +147,10 @@ class TarStream:
         if "path" in overrides:
             info.name = overrides["path"]
         if "size" in overrides:
-            if not overrides["size"].isdigit():
+            if not _DECIMAL.fullmatch(overrides["size"]):
                 raise FormatError(f"{self._label}: member {info.name!r} has a malformed pax size")
             info.size = int(overrides["size"])
+            self._check_size(info.name, info.size)
         self._member = info.name
         data = info.size if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE) else 0
         self._remaining, self._padding = data, -data % BLOCK
@@ -164,6 +183,8 @@ def _pax_records(data: bytes, label: str) -> Dict[str, str]:
     try:
         while position < len(data) and data[position] != 0:
             space = data.index(b" ", position)
+            if not _DECIMAL_BYTES.fullmatch(data[position:space]):
+                raise ValueError(data[position:space])
             length = int(data[position:space])
             record = data[space + 1 : position + length]
             if length <= 0 or not record.endswith(b"\n") or b"=" not in record:

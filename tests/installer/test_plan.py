@@ -39,6 +39,8 @@ def manifest(
     return Manifest("v1.31.4+k3s1", tuple(arches), tuple(entries), install=dict(install or {}))
 
 
+BINARY = entry("amd64/k3s", "k3s-binary", "amd64", 0o755)
+BINARY_ARM64 = entry("arm64/k3s-arm64", "k3s-binary", "arm64", 0o755)
 FULL = manifest(
     [
         entry("amd64/k3s", "k3s-binary", "amd64", 0o755),
@@ -161,7 +163,8 @@ def test_plan_for_server_keeps_charts_and_helmchart_manifests() -> None:
 
 def test_plan_refuses_two_members_with_the_same_target() -> None:
     clash = manifest(
-        [entry("a/extra.tar", "images"), entry("b/extra.tar", "images")], arches=("amd64",)
+        [BINARY, entry("a/extra.tar", "images"), entry("b/extra.tar", "images")],
+        arches=("amd64",),
     )
     with pytest.raises(UsageError) as caught:
         plan(clash)
@@ -180,7 +183,11 @@ def test_plan_refuses_two_binaries_for_the_same_arch() -> None:
 
 def test_plan_allows_same_name_in_different_arches() -> None:
     same = manifest(
-        [entry("amd64/extra.tar", "images", "amd64"), entry("arm64/extra.tar", "images", "arm64")]
+        [
+            BINARY,
+            entry("amd64/extra.tar", "images", "amd64"),
+            entry("arm64/extra.tar", "images", "arm64"),
+        ]
     )
     placement = targets(plan(same))[f"{IMAGES}/extra.tar"]
     assert placement.entry is not None and placement.entry.path == "amd64/extra.tar"
@@ -189,6 +196,26 @@ def test_plan_allows_same_name_in_different_arches() -> None:
 def test_plan_refuses_arch_the_bundle_lacks() -> None:
     with pytest.raises(ArchError, match="arm"):
         plan(arch="arm")
+
+
+def test_plan_refuses_listed_arch_without_a_k3s_binary() -> None:
+    no_binary = manifest([entry("amd64/images.tar", "airgap-images", "amd64"), BINARY_ARM64])
+    with pytest.raises(ArchError) as caught:
+        plan(no_binary)
+    assert caught.value.exit_code == 6
+    assert "no k3s binary for architecture amd64 (it carries: arm64)" in caught.value.message
+    assert "--arch" in caught.value.hint
+
+
+def test_plan_index_finds_every_placement_at_scale() -> None:
+    """100,000 entries plan (linear work), and each entry finds its own placement."""
+    many = [BINARY, *(entry(f"images/x{n}.tar", "images") for n in range(100_000))]
+    result = plan(manifest(many))
+    found = [result.placement_for(e) for e in many]
+    assert all(p is not None and p.entry is e for p, e in zip(found, many))
+    assert result.placement_for(BINARY_ARM64) is None
+    assert sum(p.entry is not None for p in result.files) == len(many)
+    assert len({p.target for p in result.files}) == len(result.files)
 
 
 # --- generated files and links --------------------------------------------------------------
