@@ -11,7 +11,7 @@ from typing import Callable, Optional
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from k3bundle.installer.errors import TrustError, UsageError
+from k3bundle.installer.errors import TrustError, UsageError, build_error
 from k3bundle.installer.signature import Signature, key_id_of
 
 PASSPHRASE_ENV = "K3BUNDLE_KEY_PASSPHRASE"
@@ -90,7 +90,10 @@ def _write_new(path: Path, data: bytes, mode: int, force: bool) -> None:
     readable by others, not even for a moment.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o600)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o600)
+    except OSError as exc:
+        raise build_error(exc, "write", path) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

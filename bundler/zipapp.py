@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 import k3bundle.installer
+from k3bundle.installer.errors import build_error
 
 SHEBANG = b"#!/usr/bin/env python3\n"
 MAIN = (
@@ -26,6 +27,13 @@ def installer_sources() -> list[Path]:
 
 def write_zipapp(target: Path) -> Path:
     """Write k3bundle-install.pyz to `target`: the installer package plus a __main__."""
+    try:
+        return _write(target)
+    except OSError as exc:  # name -o, not the temporary file next to it
+        raise build_error(exc, "write", target) from None
+
+
+def _write(target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     with open(tmp, "wb") as raw:

@@ -68,9 +68,17 @@ def _common(parser: argparse.ArgumentParser, trust: bool = True) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that lets a closed stdout be seen (3.12 and late 3.11 swallow the error)."""
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message:
+            (file or sys.stderr).write(message)
+
+
 def build_parser(prog: str) -> argparse.ArgumentParser:
     """The argparse parser for install, verify and inspect."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=prog,
         description="Verify and install k3bundle bundles on a host with no network.",
         epilog=EPILOG,
@@ -232,7 +240,7 @@ def main(
     """Run one command and return its exit code; every failure becomes one 'Error:' line."""
     args = argparse.Namespace(verbose=False, command=None)
     try:
-        args = build_parser(prog).parse_args(argv)
+        args = _parse(build_parser(prog), argv)
         code = _dispatch(args, _progress(args, progress_factory))
         sys.stdout.flush()  # a reader that went away shows up here, not at interpreter exit
         return code
@@ -248,6 +256,14 @@ def main(
         return fail(message, INTERRUPTED, args.verbose, prefix="")
     except Exception as exc:
         return fail(unexpected(exc, args.verbose), 1, args.verbose)
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    try:
+        return parser.parse_args(argv)
+    except SystemExit:
+        sys.stdout.flush()  # --help's text still sits in the buffer: meet a closed pipe here
+        raise
 
 
 def fail(message: str, code: int, verbose: bool, prefix: str = "Error: ") -> int:

@@ -144,14 +144,17 @@ def _hint_for(code: Optional[int], audience: str) -> str:
 def _permission_hint(audience: str) -> str:
     import os
 
-    if audience == "build":
-        return "Choose an -o (or --cache-dir) folder you may write to, or fix its permissions."
-    if hasattr(os, "geteuid") and os.geteuid() != 0:
-        if audience == "read":
-            return "You may not read it: run as root (sudo), or fix its permissions (ls -l)."
-        return "You are not root: run as root (sudo), or use --root DIR with a folder you own."
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return _NOT_ROOT_HINTS[audience]
     # root is refused only by the filesystem or the kernel, never by mode bits
     return (
         "Even root may not do this: check for an immutable attribute (lsattr), a read-only "
         "bind mount, or a security module (SELinux, AppArmor) denying it."
     )
+
+
+_NOT_ROOT_HINTS = {
+    "host": "You are not root: run as root (sudo), or use --root DIR with a folder you own.",
+    "read": "You may not read it: run as root (sudo), or fix its permissions (ls -l).",
+    "build": "Choose a folder you may write to (-o, --cache-dir), or fix its permissions.",
+}

@@ -107,6 +107,42 @@ def test_generate_refuses_when_only_the_public_key_exists(tmp_path: Path) -> Non
     assert not (tmp_path / "half.key").exists()
 
 
+def test_generate_into_a_missing_folder_refuses_before_making_a_key(tmp_path: Path) -> None:
+    missing = tmp_path / "missing" / "dir"
+    with pytest.raises(UsageError) as raised:
+        keys.generate(str(missing / "x"), None)
+    assert raised.value.message == f"folder {missing} does not exist; create it first"
+    assert raised.value.exit_code == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_into_a_file_instead_of_a_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("not a folder")
+    with pytest.raises(UsageError, match=r"plain is not a folder"):
+        keys.generate(str(tmp_path / "plain" / "x"), None)
+
+
+def test_generate_keeps_the_private_key_0600_and_leaves_no_temporary_file(
+    tmp_path: Path,
+) -> None:
+    old = os.umask(0)  # a permissive umask must not widen the private key, even for a moment
+    try:
+        pair = keys.generate(str(tmp_path / "site"), None)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(pair.private.stat().st_mode) == 0o600
+    assert stat.S_IMODE(pair.public.stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site.key", "site.pub"]
+
+
+def test_generate_with_force_replaces_both_files_whole(tmp_path: Path) -> None:
+    first = keys.generate(str(tmp_path / "site"), None)
+    second = keys.generate(str(tmp_path / "site"), None, force=True)
+    assert second.key_id != first.key_id
+    assert _der_key_id(second.public) == second.key_id
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site.key", "site.pub"]
+
+
 def test_encrypted_key_signs_when_the_passphrase_env_is_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
