@@ -328,8 +328,7 @@ def _chart_layer(client: RegistryClient, ref: Reference, url: str) -> Dict[str, 
     layers = manifest.get("layers") if isinstance(manifest, dict) else None
     for layer in layers if isinstance(layers, list) else []:
         if isinstance(layer, dict) and layer.get("mediaType") == CHART_LAYER:
-            digest = layer.get("digest")
-            check_digest(digest, f"{url}: chart layer")
+            digest = f"sha256:{check_digest(layer.get('digest'), f'{url}: chart layer')}"
             size = check_size(layer.get("size"), f"{url}: chart layer")
             return {"digest": digest, "size": str(size), "manifest": fetched.digest}
     raise FetchError(
@@ -343,7 +342,7 @@ class _NoAliasLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         """Refuse an alias (*name) or an anchor (&name) before anything is expanded."""
-        event = self.peek_event()
+        event = self.peek_event()  # type: ignore[no-untyped-call]
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             raise yaml.composer.ComposerError(
                 None, None, "anchors and aliases are not accepted here", event.start_mark

@@ -102,7 +102,7 @@ class SafeSession(requests.Session):
             raise RedirectRefused(f"{old}: {problem} ({new[:200]})")
         if _origin(old) != _origin(new):
             prepared_request.headers.pop("Authorization", None)
-        super().rebuild_auth(prepared_request, response)
+        super().rebuild_auth(prepared_request, response)  # type: ignore[no-untyped-call]
 
 
 def _origin(url: str) -> tuple[str, str]:
