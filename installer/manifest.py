@@ -169,7 +169,10 @@ def _parse_arches(doc: Mapping[str, Any]) -> Tuple[str, ...]:
 
 
 def _parse_entry(item: Mapping[str, Any], arches: Tuple[str, ...]) -> Entry:
-    path = check_member_path(fields.text(item, "path", "a files[] item"))
+    path = item.get("path")
+    if not isinstance(path, str):
+        raise FormatError(f"{MANIFEST_NAME}: a files[] item has no string 'path'")
+    check_member_path(path)
     where = f"{MANIFEST_NAME}: file {path!r}"
     sha = item.get("sha256")
     if not isinstance(sha, str) or not fields.SHA256.fullmatch(sha):

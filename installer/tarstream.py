@@ -187,7 +187,8 @@ def _pax_records(data: bytes, label: str) -> Dict[str, str]:
                 raise ValueError(data[position:space])
             length = int(data[position:space])
             record = data[space + 1 : position + length]
-            if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
+            bad = length <= 0 or position + length > len(data)
+            if bad or not record.endswith(b"\n") or b"=" not in record:
                 raise ValueError(record)
             key, _, value = record[:-1].partition(b"=")
             records[key.decode("utf-8")] = value.decode("utf-8", "surrogateescape")

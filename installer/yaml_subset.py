@@ -17,6 +17,9 @@ _COMMENT = re.compile(r"[ \t]#")
 _FLOW_END = re.compile(r"[,\[\]{}]|:(?=[ \t,\[\]{}]|$)|[ \t]#")
 _HEADER = re.compile(r"([|>])([-+]?)([1-9]?)([-+]?)(?:[ \t]+#.*)?[ \t]*")
 _UNSUPPORTED = {"&": "anchors (&name)", "*": "aliases (*name)", "!": "tags (!name, !!type)"}
+# Reading recurses once per nesting level; k3s files nest 4 deep, and a bound keeps a hostile
+# `[[[[...` or `- - - -...` a clean error instead of a RecursionError.
+MAX_DEPTH = 64
 
 
 def parse_yaml(text: str, origin: str) -> Dict[str, Any]:
@@ -56,6 +59,13 @@ class _Reader:
         text = text[1:] if text.startswith("\ufeff") else text
         self.lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
         self.row = 0
+        self.depth = 0
+
+    def _deeper(self, row: int) -> None:
+        """Count one more nesting level; refuse more than MAX_DEPTH."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.fail(row, f"lists and mappings nest deeper than {MAX_DEPTH} levels", PLAIN)
 
     def fail(self, row: int, problem: str, fix: str = PLAIN) -> UsageError:
         """An error naming the origin, the 1-based line and what to change."""
@@ -121,6 +131,12 @@ class _Reader:
 
     def _block(self, col: int, parent: int) -> Any:
         """The node starting at `col` of the current line, inside a collection indented `parent`."""
+        self._deeper(self.row)
+        node = self._block_node(col, parent)
+        self.depth -= 1
+        return node
+
+    def _block_node(self, col: int, parent: int) -> Any:
         line = self.lines[self.row]
         if _is_dash(line, col):
             return self._sequence(col)
@@ -306,6 +322,12 @@ class _Reader:
 
     def _flow_node(self, row: int, col: int) -> Tuple[Any, int, int]:
         """A flow value at (row, col) and the position after it."""
+        self._deeper(row)
+        node = self._flow_any(row, col)
+        self.depth -= 1
+        return node
+
+    def _flow_any(self, row: int, col: int) -> Tuple[Any, int, int]:
         char = self.lines[row][col]
         if char == "[":
             return self._flow_sequence(row, col + 1)

@@ -7,8 +7,9 @@ from typing import Any, Callable, Dict
 
 import pytest
 
-from k3bundle.installer.errors import FormatError
+from k3bundle.installer.errors import ArchError, FormatError
 from k3bundle.installer.manifest import FORMAT, Entry, Manifest, canonical_json, parse
+from k3bundle.installer.manifest_fields import MAX_ENTRY_SIZE
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -172,3 +173,121 @@ def test_for_arch_selects_own_and_neutral_entries() -> None:
         ),
     )
     assert [e.path for e in manifest.for_arch("arm64")] == ["arm64/k3s-arm64", "charts/x.tgz"]
+
+
+# --- every field's type and shape (issue 9: wrong types were AttributeErrors and TypeErrors) ---
+
+
+def _set(key: str, value: Any) -> Mutation:
+    def mutate(doc: Dict[str, Any]) -> None:
+        doc[key] = value
+
+    return mutate
+
+
+def _set_install(key: str, value: Any) -> Mutation:
+    def mutate(doc: Dict[str, Any]) -> None:
+        doc["install"][key] = value
+
+    return mutate
+
+
+WRONG_TYPES = {
+    "format-int": (_set("format", 1), "declares format 'int'"),
+    "version-int": (_set("k3s_version", 131), "'k3s_version'"),
+    "version-newline": (_set("k3s_version", "v1.31.4+k3s1\n"), "'k3s_version'"),
+    "version-slash": (_set("k3s_version", "v1.31.4+k3s1/../x"), "'k3s_version'"),
+    "arches-string": (_set("architectures", "amd64"), "'architectures'"),
+    "arch-item-int": (_set("architectures", [1]), "unknown architecture 1"),
+    "arch-twice": (_set("architectures", ["amd64", "amd64"]), "architecture twice"),
+    "files-object": (_set("files", {}), "'files'"),
+    "files-item-list": (_set("files", [[]]), "files[0] is not an object"),
+    "images-int": (_set("images", 5), "'images'"),
+    "images-item-str": (_set("images", ["x"]), "images[0] is not an object"),
+    "image-size-str": (
+        _set("images", [{"name": "a", "digest": "d", "arches": [], "size": "1"}]),
+        "'size'",
+    ),
+    "image-arches-int": (
+        _set("images", [{"name": "a", "digest": "d", "arches": [3], "size": 1}]),
+        "unknown architecture",
+    ),
+    "charts-object": (_set("charts", {}), "'charts'"),
+    "chart-name-int": (_set("charts", [{"name": 1, "version": "1", "namespace": "x"}]), "'name'"),
+    "install-list": (_set("install", []), "'install'"),
+    "install-config-list": (_set_install("config", []), "'config'"),
+    "install-registries-str": (_set_install("registries", "mirrors"), "'registries'"),
+    "path-int": (_set_file("path", 5), "'path'"),
+    "path-list": (_set_file("path", ["a"]), "'path'"),
+    "size-str": (_set_file("size", "10"), "'size'"),
+    "size-float": (_set_file("size", 10.0), "'size'"),
+    "size-huge": (_set_file("size", 1 << 62), "more than the maximum"),
+    "sha-upper-hex-64": (_set_file("sha256", "ABCDEF" + "a" * 58), "malformed sha256"),
+    "sha-newline": (_set_file("sha256", "a" * 64 + "\n"), "malformed sha256"),
+    "kind-int": (_set_file("kind", 3), "'kind'"),
+    "mode-int": (_set_file("mode", 420), "malformed mode"),
+    "mode-too-big": (_set_file("mode", "17777"), "malformed mode"),
+    "mode-newline": (_set_file("mode", "0644\n"), "malformed mode"),
+    "arch-int": (_set_file("arch", 1), "architecture 1 not listed"),
+    "source-list": (_set_file("source", []), "'source'"),
+    "source-nested": (_set_file("source", {"url": {"a": 1}}), "source.'url'"),
+    "source-escape": (_set_file("source", {"url": "\x1b[2J"}), "not a printable string"),
+}
+
+
+@pytest.mark.parametrize(("mutate", "expected"), WRONG_TYPES.values(), ids=WRONG_TYPES.keys())
+def test_parse_refuses_every_wrong_field_type_with_a_format_error(
+    mutate: Mutation, expected: str
+) -> None:
+    doc = _doc()
+    mutate(doc)
+    with pytest.raises(FormatError) as caught:
+        _parse_doc(doc)
+    assert expected in caught.value.message
+    assert caught.value.exit_code == 3
+
+
+def test_parse_accepts_setuid_modes_and_sizes_up_to_the_maximum() -> None:
+    doc = _doc()
+    doc["files"][0].update(mode="4755", size=MAX_ENTRY_SIZE)
+    entry = _parse_doc(doc).entries[0]
+    assert (entry.mode, entry.size) == (0o4755, MAX_ENTRY_SIZE)
+
+
+BAD_PATHS = [
+    ".", "", "a/./b", "a//b", "amd64/", "amd64\\k3s", "a\0b", "a\nb", "a\tb", "a\x7fb",
+    "amd64/.k3s.k3bundle-tmp", "amd64/.k3s.k3bundle-tmp-x1y2", "k3s.k3bundle-tmp",
+    "x" * 256, "./k3s", "amd64/..", "é/k3s",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", BAD_PATHS)
+def test_parse_refuses_unsafe_or_ambiguous_member_paths(path: str) -> None:
+    doc = _doc()
+    doc["files"][0]["path"] = path
+    with pytest.raises(FormatError) as caught:
+        _parse_doc(doc)
+    assert "bundle member" in caught.value.message and caught.value.exit_code == 3
+
+
+@pytest.mark.parametrize("depth", [65, 100_000])
+def test_parse_refuses_deeply_nested_json_without_recursing(depth: int) -> None:
+    doc = _doc()
+    doc["extra"] = "@"
+    data = canonical_json(doc).replace(b'"@"', b"[" * depth + b"]" * depth)
+    with pytest.raises(FormatError, match="nests deeper than 64 levels"):
+        parse(data)
+
+
+def test_for_arch_refuses_an_arch_that_has_no_k3s_binary() -> None:
+    manifest = Manifest(
+        "v1.31.4+k3s1",
+        ("amd64", "arm64"),
+        (
+            Entry("amd64/images.tar", 1, SHA_A, "airgap-images", arch="amd64"),
+            Entry("arm64/k3s-arm64", 1, SHA_A, "k3s-binary", arch="arm64"),
+        ),
+    )
+    with pytest.raises(ArchError) as caught:
+        manifest.for_arch("amd64")
+    assert "(it carries: arm64)" in caught.value.message and caught.value.exit_code == 6

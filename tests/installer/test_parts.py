@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import subprocess
 from pathlib import Path
-from typing import List
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 
 from k3bundle.installer import cli as installer_cli
-from k3bundle.installer.errors import IntegrityError
+from k3bundle.installer.errors import FormatError, IntegrityError
 from k3bundle.installer.hashing import HashPool, PartJob, Segment
 from k3bundle.installer.manifest import parse
-from k3bundle.installer.parts import resolve_parts
+from k3bundle.installer.parts import MAX_INDEX_BYTES, resolve_parts
 from k3bundle.installer.sources import BundleSource
 from tests.helpers import KeyFiles, make_bundle, make_keys, run_k3bundle
 
@@ -227,3 +228,73 @@ def test_install_streams_parts_without_joining_them_on_disk(tmp_path: Path, key:
     sizes = {str(p): p.lstat().st_size for p in _all_files(tmp_path)}
     assert max(sizes.values()) <= BIG_SPLIT, max(sizes, key=lambda p: sizes[p])
     assert sum(p.stat().st_size for p in _parts(folder)) > BIG_SPLIT
+
+
+# --- a hostile parts index (issue 9): FormatError (exit 3), never another exception ---------
+
+
+def _index(folder: Path) -> Dict[str, Any]:
+    doc: Dict[str, Any] = json.loads((folder / "bundle.tar.parts.json").read_text())
+    return doc
+
+
+def _part_field(key: str, value: Any) -> Callable[[Dict[str, Any]], Any]:
+    def mutate(doc: Dict[str, Any]) -> Any:
+        doc["parts"][0][key] = value
+        return doc
+
+    return mutate
+
+
+HOSTILE_INDEXES: Dict[str, Tuple[Callable[[Dict[str, Any]], Any], str]] = {
+    "a-list": (lambda doc: [doc], "malformed"),
+    "parts-object": (lambda doc: {**doc, "parts": {}}, "'parts'"),
+    "no-parts": (lambda doc: {**doc, "parts": []}, "lists 0 parts"),
+    "part-not-object": (lambda doc: {**doc, "parts": [1]}, "is not an object"),
+    "name-a-path": (_part_field("name", "../bundle.tar.000"), "not 'bundle.tar.000'"),
+    "name-absolute": (_part_field("name", "/etc/shadow"), "not 'bundle.tar.000'"),
+    "name-out-of-order": (_part_field("name", "bundle.tar.001"), "not 'bundle.tar.000'"),
+    "name-int": (_part_field("name", 0), "'name'"),
+    "size-string": (_part_field("size", "100000"), "'size'"),
+    "size-bool": (_part_field("size", True), "'size'"),
+    "size-negative": (_part_field("size", -1), "negative"),
+    "size-huge": (_part_field("size", 1 << 62), "maximum"),
+    "sha-upper": (_part_field("sha256", "A" * 64), "'sha256'"),
+    "sha-list": (_part_field("sha256", []), "'sha256'"),
+}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"), HOSTILE_INDEXES.values(), ids=HOSTILE_INDEXES.keys()
+)
+def test_hostile_parts_index_is_refused_as_malformed(
+    tmp_path: Path, key: KeyFiles, mutate: Callable[[Dict[str, Any]], Any], expected: str
+) -> None:
+    folder = _split_bundle(tmp_path, key)
+    index = folder / "bundle.tar.parts.json"
+    index.write_text(json.dumps(mutate(_index(folder))))
+    with pytest.raises(FormatError) as caught:
+        BundleSource(str(folder / "bundle.tar.000"))
+    assert expected in caught.value.message and caught.value.exit_code == 3
+    result = _verify(folder / "bundle.tar.000", key)
+    assert result.returncode == 3 and "Traceback" not in result.stderr
+
+
+def test_deeply_nested_parts_index_is_refused_without_recursing(
+    tmp_path: Path, key: KeyFiles
+) -> None:
+    folder = _split_bundle(tmp_path, key)
+    (folder / "bundle.tar.parts.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(FormatError, match="nests deeper"):
+        BundleSource(str(folder / "bundle.tar.000"))
+
+
+def test_parts_index_over_one_mib_is_refused_before_it_is_read_whole(
+    tmp_path: Path, key: KeyFiles
+) -> None:
+    folder = _split_bundle(tmp_path, key)
+    index = folder / "bundle.tar.parts.json"
+    with open(index, "r+b") as handle:  # 1 GiB, sparse: reading it whole would take 1 GiB
+        handle.truncate(1 << 30)
+    with pytest.raises(FormatError, match=f"larger than {MAX_INDEX_BYTES} bytes"):
+        BundleSource(str(folder / "bundle.tar.000"))

@@ -627,3 +627,201 @@ def test_verify_refuses_newer_format_version(tmp_path: Path, signer: KeyFiles) -
     )
     result = verify(bundle, "--pubkey", str(signer.public))
     assert_refused(result, FORMAT_EXIT, "k3bundle/v2")
+
+
+# --- hostile headers and documents (issue 9): a clean refusal, never a traceback -------------
+
+
+def pax_header(records: Dict[str, str]) -> bytes:
+    """A pax extended header (header block + records) with exactly these records."""
+    body = b""
+    for key, value in records.items():
+        text = f" {key}={value}\n".encode()
+        length = len(text) + len(str(len(text)))
+        length += len(str(length)) - len(str(len(text)))
+        body += str(length).encode() + text
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type, info.size = tarfile.XHDTYPE, len(body)
+    header = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
+    return header + body + b"\0" * (-len(body) % tarfile.BLOCKSIZE)
+
+
+def raw_pax_header(body: bytes) -> bytes:
+    """A pax extended header whose record bytes are `body`, however malformed."""
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type, info.size = tarfile.XHDTYPE, len(body)
+    header = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
+    return header + body + b"\0" * (-len(body) % tarfile.BLOCKSIZE)
+
+
+def with_checksum(block: bytearray) -> bytearray:
+    """Recompute a ustar header block's checksum after a field was patched."""
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return block
+
+
+def signed_with_patched_header(tmp_path: Path, signer: KeyFiles, member: str, size: bytes) -> Path:
+    """The standard hand-made bundle with `member`'s 12-byte size field replaced by `size`."""
+    items, members = standard_files()
+    bundle = write_signed(tmp_path / "b.tar", manifest_doc(items), members, signer)
+    offset = member_offsets(bundle)[member].offset
+    data = bytearray(bundle.read_bytes())
+    block = bytearray(data[offset : offset + tarfile.BLOCKSIZE])
+    block[124:136] = size
+    data[offset : offset + tarfile.BLOCKSIZE] = with_checksum(block)
+    bundle.write_bytes(bytes(data))
+    return bundle
+
+
+BASE256_SIZES = {
+    "negative": b"\xff" * 12,
+    "two-to-the-62": b"\x80" + (1 << 62).to_bytes(11, "big"),
+}
+
+
+@pytest.mark.parametrize("size", BASE256_SIZES.values(), ids=BASE256_SIZES.keys())
+@pytest.mark.parametrize("command", ["install", "verify"])
+def test_refuses_base256_member_size_that_is_negative_or_absurd(
+    tmp_path: Path, root: Path, signer: KeyFiles, size: bytes, command: str
+) -> None:
+    bundle = signed_with_patched_header(tmp_path, signer, "amd64/images.tar.zst", size)
+    if command == "install":
+        refuse_install(
+            bundle, root, FORMAT_EXIT, ["impossible size"], "--pubkey", str(signer.public)
+        )
+    else:
+        assert_refused(
+            verify(bundle, "--pubkey", str(signer.public)), FORMAT_EXIT, "impossible size"
+        )
+
+
+def pax_bundle(tmp_path: Path, signer: KeyFiles, pax: bytes) -> Path:
+    """The standard signed bundle with `pax` just before the images member's header."""
+    items, members = standard_files()
+    bundle = write_signed(tmp_path / "b.tar", manifest_doc(items), members, signer)
+    offset = member_offsets(bundle)["amd64/images.tar.zst"].offset
+    data = bundle.read_bytes()
+    bundle.write_bytes(data[:offset] + pax + data[offset:])
+    return bundle
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "-1", "1e3", " 12", "0x10", "1" * 30])
+def test_install_refuses_pax_size_that_is_not_ascii_decimal(
+    tmp_path: Path, root: Path, signer: KeyFiles, value: str
+) -> None:
+    bundle = pax_bundle(tmp_path, signer, pax_header({"size": value}))
+    refuse_install(
+        bundle, root, FORMAT_EXIT, ["malformed pax size"], "--pubkey", str(signer.public)
+    )
+
+
+@pytest.mark.parametrize("body", ["²² size=1\n".encode(), b"0 size=1\n", b"99999 size=1\n"])
+def test_install_refuses_pax_record_with_a_malformed_length(
+    tmp_path: Path, root: Path, signer: KeyFiles, body: bytes
+) -> None:
+    bundle = pax_bundle(tmp_path, signer, raw_pax_header(body))
+    refuse_install(
+        bundle, root, FORMAT_EXIT, ["malformed pax header"], "--pubkey", str(signer.public)
+    )
+
+
+@pytest.mark.parametrize(
+    ("member", "declared", "limit"),
+    [(MANIFEST_NAME, (64 << 20) + 1, "67108864"), (SIGNATURE_NAME, (64 << 10) + 1, "65536")],
+)
+def test_install_refuses_oversized_manifest_or_signature_from_its_header(
+    tmp_path: Path, root: Path, signer: KeyFiles, member: str, declared: int, limit: str
+) -> None:
+    """The size is refused from the tar header: the member's bytes are never read whole."""
+    size = b"%011o\0" % declared
+    bundle = signed_with_patched_header(tmp_path, signer, member, size)
+    refuse_install(bundle, root, FORMAT_EXIT, [member, limit], "--pubkey", str(signer.public))
+
+
+def test_install_refuses_deeply_nested_signature_member(
+    tmp_path: Path, root: Path, signer: KeyFiles
+) -> None:
+    items, members = standard_files()
+    manifest = canonical_json(manifest_doc(items))
+    nested = b"[" * 10_000 + b"]" * 10_000  # 20 KB: under the size bound
+    payload = [Member(MANIFEST_NAME, manifest), Member(SIGNATURE_NAME, nested), *members]
+    bundle = tmp_path / "b.tar"
+    bundle.write_bytes(tar_bytes(payload))
+    refuse_install(
+        bundle, root, FORMAT_EXIT, [SIGNATURE_NAME, "nests deeper"], "--pubkey", str(signer.public)
+    )
+
+
+HOSTILE_MANIFESTS = {
+    "nested-json": ({"deep": [[[[[[[[[[]]]]]]]]]] * 1}, "nests deeper"),
+    "images-int": ({"images": 5}, "'images'"),
+    "install-config-list": ({"install": {"config": []}}, "'config'"),
+    "version-newline": ({"k3s_version": "v1.31.4+k3s1\n"}, "'k3s_version'"),
+}
+
+
+def nested_manifest(doc: Dict[str, Any]) -> bytes:
+    """Canonical bytes, with a "deep" value replaced by 10,000 nested lists."""
+    data = canonical_json(doc)
+    return data.replace(b'"deep":[[[[[[[[[[]]]]]]]]]]', b'"deep":' + b"[" * 10_000 + b"]" * 10_000)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"), HOSTILE_MANIFESTS.values(), ids=HOSTILE_MANIFESTS.keys()
+)
+def test_signed_manifest_with_wrong_shapes_is_refused_by_install_verify_and_inspect(
+    tmp_path: Path, root: Path, signer: KeyFiles, override: Dict[str, Any], expected: str
+) -> None:
+    items, members = standard_files()
+    manifest = nested_manifest(manifest_doc(items, **override))
+    signature = keys.load_signer(signer.private)(manifest).to_bytes()
+    bundle = tmp_path / "b.tar"
+    bundle.write_bytes(
+        tar_bytes([Member(MANIFEST_NAME, manifest), Member(SIGNATURE_NAME, signature), *members])
+    )
+    refuse_install(bundle, root, FORMAT_EXIT, [expected], "--pubkey", str(signer.public))
+    assert_refused(verify(bundle, "--pubkey", str(signer.public)), FORMAT_EXIT, expected)
+    assert_refused(run_k3bundle("inspect", str(bundle)), FORMAT_EXIT, expected)
+
+
+@pytest.mark.parametrize("path", [".", "amd64/./k3s", "amd64/.k3s.k3bundle-tmp"])
+def test_install_refuses_dot_and_staging_like_paths_in_the_signed_manifest(
+    tmp_path: Path, root: Path, signer: KeyFiles, path: str
+) -> None:
+    items, members = standard_files()
+    doc = manifest_doc([file_entry(path, K3S_DATA, kind="k3s-binary"), items[1]])
+    bundle = write_signed(tmp_path / "b.tar", doc, [Member(path, K3S_DATA), members[1]], signer)
+    refuse_install(bundle, root, FORMAT_EXIT, [repr(path)], "--pubkey", str(signer.public))
+
+
+@pytest.mark.parametrize(
+    ("kinds", "carried"),
+    [((("amd64/images.tar.zst", "airgap-images", "amd64"),), "none"),
+     ((("arm64/k3s", "k3s-binary", "arm64"), ("charts/x.tgz", "chart", None)), "arm64")],
+    ids=["no-binary-at-all", "binary-for-another-arch"],
+)  # fmt: skip
+def test_install_refuses_bundle_without_a_k3s_binary_for_the_arch_and_leaves_root_empty(
+    tmp_path: Path, signer: KeyFiles, kinds: Sequence[Tuple[str, str, Optional[str]]], carried: str
+) -> None:
+    items = [file_entry(path, IMAGES_DATA, kind, arch) for path, kind, arch in kinds]
+    doc = manifest_doc(items, architectures=["amd64", "arm64"])
+    payload = [Member(path, IMAGES_DATA) for path, _, _ in kinds]
+    bundle = write_signed(tmp_path / "b.tar", doc, payload, signer)
+    empty = tmp_path / "empty-root"
+    empty.mkdir()
+    result = run_k3bundle(
+        "install",
+        str(bundle),
+        "--root",
+        str(empty),
+        "--pubkey",
+        str(signer.public),
+        "--arch",
+        "amd64",
+    )
+    assert_refused(
+        result, ARCH_EXIT, "no k3s binary for architecture amd64", f"(it carries: {carried})"
+    )
+    assert "--arch" in result.stderr
+    assert list(empty.iterdir()) == []
