@@ -209,3 +209,36 @@ def test_subprocess_reports_a_bad_spec_on_one_error_line(tmp_path: Path) -> None
     first = done.stderr.splitlines()[0]
     assert first.startswith(f"Error: {path}: k3s.arches[0] (line 5): 'x86' is not one of")
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            "k3s:\n  version: 2024-01-01\n",
+            "k3s.version (line 4): YAML reads '2024-01-01' as a date",
+        ),
+        ("k3s:\n  arches: !!set {amd64: null}\n", "k3s.arches (line 4): YAML reads"),
+        ("k3s: {}\nimages: [!!binary aGVsbG8=]\n", "images[0] (line 4): YAML reads"),
+        ("k3s: {}\ninstall:\n  config:\n    1: x\n", "install.config (line 5): the key '1' is not"),
+        ('k3s:\n  version: "v1.31.4+k3s1\\n"\n', "k3s.version (line 4): 'v1.31.4+k3s1\\n' is not"),
+        ('k3s: {}\nmetadata:\n  name: "site\\n"\n', "metadata.name (line 5): 'site\\n' is not"),
+        ("k3s: {}\ninstall:\n  config: " + "[" * 40 + "]" * 40 + "\n", "nests deeper than 32"),
+        ("k3s: {}\ninstall:\n  config: " + "[" * 5000 + "]" * 5000 + "\n", "nests deeper than 32"),
+    ],
+)
+def test_spec_values_json_cannot_hold_are_refused_naming_the_key(
+    tmp_path: Path, body: str, expected: str
+) -> None:
+    with pytest.raises(UsageError) as caught:
+        load_spec(write(tmp_path, HEADER + body))
+    assert expected in caught.value.message and caught.value.exit_code == 2
+    assert "\n" not in caught.value.message
+
+
+def test_a_version_with_a_trailing_newline_is_not_a_k3s_version() -> None:
+    from k3bundle.bundler.release import check_version, parse_checksums
+
+    with pytest.raises(UsageError, match="is not a k3s version"):
+        check_version("v1.31.4+k3s1\n")
+    assert parse_checksums(f"{'a' * 64}  k3s\n", "sums") == {"k3s": "a" * 64}
