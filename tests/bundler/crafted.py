@@ -84,13 +84,18 @@ def self_signed(folder: Path) -> Tuple[Path, Path]:
     return cert_path, key_path
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that hang up early (past a bound, a refused redirect) are the point
+
+
 class CraftedServer:
     """Serves `routes` (path → Answer, or a callable taking the request headers) on 127.0.0.1."""
 
     def __init__(self, tls: Optional[Tuple[Path, Path]] = None) -> None:
         self.routes: Dict[str, Union[Answer, Callable[[Dict[str, str]], Answer]]] = {}
         self.seen: List[Seen] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._httpd = _QuietServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
         self.scheme = "http"
         if tls is not None:

@@ -421,7 +421,7 @@ REALM = 'Bearer realm="{realm}"'
         ('Bearer realm="{realm}"', json_answer({"expires_in": 300}), "without a usable token"),
         ('Bearer realm="{realm}"', json_answer(["token"]), "without a usable token"),
         (REALM, json_answer({"token": "a\r\nX-Evil: 1"}), "without a usable token"),
-        ('Bearer realm="{realm}"', Answer(200, b"{" * 1000), "nests deeper"),
+        ('Bearer realm="{realm}"', Answer(200, b"[" * 1000 + b"]" * 1000), "nests deeper"),
         ('Bearer realm="{realm}"', Answer(200, endless), "sent more than"),
     ],
 )
@@ -436,3 +436,24 @@ def test_a_broken_bearer_challenge_or_token_answer_is_a_one_line_fetch_error(
     with pytest.raises(FetchError) as caught:
         client(crafted, tmp_path).get_manifest(parse_reference(f"{crafted.host}/evil/app:1.0"))
     assert expected in one_line(caught.value)
+
+
+def test_an_https_registry_cannot_redirect_a_blob_to_plain_http(tmp_path: Path, tls: Any) -> None:
+    with CraftedServer(tls) as registry, CraftedServer() as storage:
+        serve_image(registry, manifest())
+        location = f"{storage.url}/store/layer"
+        registry.routes[f"/v2/evil/app/blobs/{digest_of(CONFIG)}"] = Answer(
+            307, b"", {"Location": location}
+        )
+        storage.routes["/store/layer"] = Answer(200, CONFIG)
+        cache = Cache(tmp_path / "cache")
+        with pytest.raises(FetchError) as caught:
+            pull(
+                client(registry, tmp_path),
+                parse_reference(f"{registry.host}/evil/app:1.0"),
+                "amd64",
+                cache,
+            )
+        assert "a redirect from https to plain http" in one_line(caught.value)
+        assert storage.seen == []
+    assert digest_of(CONFIG).split(":")[1] not in cache_files(tmp_path / "cache")
