@@ -23,6 +23,7 @@ from k3bundle.installer.jsondoc import load_json
 from .cache import Cache
 from .fetch import Download, Fetcher
 from .limits import MAX_INDEX_YAML, check_digest, check_size
+from .netyaml import load_index_yaml
 from .reference import Reference, parse_reference
 from .registry import RegistryClient
 
@@ -335,30 +336,6 @@ def _chart_layer(client: RegistryClient, ref: Reference, url: str) -> Dict[str, 
         f"{url} is not a Helm chart: its manifest has no {CHART_LAYER} layer",
         "Check the reference; Helm charts are pushed with 'helm push'.",
     )
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """SafeLoader that refuses anchors and aliases: an alias bomb expands to gigabytes."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        """Refuse an alias (*name) or an anchor (&name) before anything is expanded."""
-        event = self.peek_event()  # type: ignore[no-untyped-call]
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise yaml.composer.ComposerError(
-                None, None, "anchors and aliases are not accepted here", event.start_mark
-            )
-        return super().compose_node(parent, index)
-
-
-def load_index_yaml(text: str, index_url: str) -> Any:
-    """A chart repository's index.yaml, read without anchors or aliases; FetchError otherwise."""
-    try:
-        return yaml.load(text, Loader=_NoAliasLoader)
-    except (yaml.YAMLError, RecursionError) as exc:
-        reason = " ".join(str(exc).split())[:300]
-        raise FetchError(
-            f"{index_url} is not a usable index.yaml: {reason}", "Check the repository URL."
-        ) from None
 
 
 class _Dumper(yaml.SafeDumper):

@@ -17,9 +17,8 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
-from typing import Any, Callable, Collection, Dict, Mapping, Optional, Tuple, TypeVar
+from typing import Callable, Collection, Dict, Mapping, Optional, Tuple, TypeVar
 
 import oras.auth  # type: ignore[import-untyped]
 import oras.provider  # type: ignore[import-untyped]
@@ -34,7 +33,6 @@ from .fetch import (
     BUFFER,
     RETRY_STATUS,
     TRANSIENT,
-    USER_AGENT,
     FetchSettings,
     NotFoundError,
     hash_prefix,
@@ -42,14 +40,13 @@ from .fetch import (
 from .limits import (
     MAX_MANIFEST,
     REDIRECT_ERRORS,
-    SafeSession,
     check_digest,
     read_bounded,
     redirect_error,
     too_large,
 )
 from .reference import Reference
-from .tokens import TokenDenied, fetch_token
+from .tokens import BoundedSession, ScopedTokenAuth, TokenDenied, fetch_token
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -73,45 +70,6 @@ class Fetched:
     media_type: str
     digest: str
     data: bytes
-
-
-class _BoundedSession(SafeSession):
-    """A session whose every request has our timeouts and whose redirects are checked."""
-
-    def __init__(self, timeout: Tuple[float, float], insecure: Collection[str] = ()) -> None:
-        super().__init__(insecure)
-        self.timeout = timeout
-        self.headers["User-Agent"] = USER_AGENT
-        self.headers["Accept-Encoding"] = "identity"  # blobs are compressed; keep offsets true
-        self.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-
-    def request(
-        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
-    ) -> requests.Response:
-        """requests.Session.request with a default timeout."""
-        kwargs.setdefault("timeout", self.timeout)
-        return super().request(method, url, *args, **kwargs)
-
-
-class _ScopedTokenAuth(oras.auth.TokenAuth):  # type: ignore[misc]
-    """Bearer auth: a fresh token for the scope asked for (oras resends its last one), fetched
-    by bundler/tokens.py, which checks the realm before any credential leaves."""
-
-    fetch: Callable[[str], str]
-
-    def authenticate_request(
-        self, original: requests.Response, headers: Dict[str, str], refresh: bool = False
-    ) -> Any:
-        """Answer a 401 challenge with a token for its scope."""
-        challenge = original.headers.get("Www-Authenticate")
-        if not challenge:
-            return headers, False
-        self.token = self.fetch(challenge)
-        headers["Authorization"] = f"Bearer {self.token}"
-        return headers, True
-
-
-oras.auth.auth_backends.setdefault("k3b-scoped-token", _ScopedTokenAuth)
 
 
 class _Oras(oras.provider.Registry):  # type: ignore[misc]
@@ -284,7 +242,7 @@ class RegistryClient:
         """One GET through oras (which answers a 401 challenge once), bearer token per repo."""
         client, tokens = self._client(ref)
         key = f"{ref.endpoint}/{ref.repository}"
-        bearer = isinstance(client.auth, _ScopedTokenAuth)
+        bearer = isinstance(client.auth, ScopedTokenAuth)
         if bearer:
             client.auth.token = tokens.get(key)
         elif isinstance(client.auth, oras.auth.BasicAuth):
@@ -319,7 +277,7 @@ class RegistryClient:
             raise self._denied(ref, "the registry wants a user name and password")
         backend = "basic" if scheme == "basic" else "k3b-scoped-token"
         client = _Oras(ref.endpoint, insecure=self._is_insecure(ref), auth_backend=backend)
-        session = _BoundedSession(self.settings.timeout, self._insecure)
+        session = BoundedSession(self.settings.timeout, self._insecure)
         client.session = client.auth.session = session
         if backend == "basic" and credentials is not None:
             client.auth.set_basic_auth(*credentials)  # sent to this registry's host only
@@ -342,7 +300,7 @@ class RegistryClient:
 
     def _probe(self, ref: Reference) -> str:
         scheme = "http" if self._is_insecure(ref) else "https"
-        session = _BoundedSession(self.settings.timeout, self._insecure)
+        session = BoundedSession(self.settings.timeout, self._insecure)
         with session, session.get(f"{scheme}://{ref.endpoint}/v2/", stream=True) as response:
             status, challenge = response.status_code, response.headers.get("Www-Authenticate")
         if status in RETRY_STATUS:

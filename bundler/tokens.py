@@ -1,4 +1,4 @@
-"""Bearer tokens from a registry's token server, without handing credentials to anyone else.
+"""Registry sessions and bearer tokens, without handing credentials to anyone else.
 
 A registry's 401 challenge names a realm, which may be another host (docker.io sends clients to
 auth.docker.io). The realm is hostile input: credentials go to it only over https, or over plain
@@ -10,19 +10,61 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Collection, Dict, Optional, Tuple
+from http.cookiejar import DefaultCookiePolicy
+from typing import Any, Callable, Collection, Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
+import oras.auth  # type: ignore[import-untyped]
 import requests
 
 from k3bundle.installer.errors import FetchError
 from k3bundle.installer.jsondoc import load_json
 
-from .limits import MAX_TOKEN, read_bounded
+from .fetch import USER_AGENT
+from .limits import MAX_TOKEN, SafeSession, read_bounded
 
 Credentials = Tuple[str, str]
 _PARAM = re.compile(r'([A-Za-z]+)="([^"]*)"')
 _TOKEN = re.compile(r"[\x21-\x7e]+")  # what fits in an Authorization header, nothing more
+
+
+class BoundedSession(SafeSession):
+    """A session whose every request has our timeouts and whose redirects are checked."""
+
+    def __init__(self, timeout: Tuple[float, float], insecure: Collection[str] = ()) -> None:
+        super().__init__(insecure)
+        self.timeout = timeout
+        self.headers["User-Agent"] = USER_AGENT
+        self.headers["Accept-Encoding"] = "identity"  # blobs are compressed; keep offsets true
+        self.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+
+    def request(
+        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        """requests.Session.request with a default timeout."""
+        kwargs.setdefault("timeout", self.timeout)
+        return super().request(method, url, *args, **kwargs)
+
+
+class ScopedTokenAuth(oras.auth.TokenAuth):  # type: ignore[misc]
+    """Bearer auth: a fresh token for the scope asked for (oras resends its last one), fetched
+    by bundler/tokens.py, which checks the realm before any credential leaves."""
+
+    fetch: Callable[[str], str]
+
+    def authenticate_request(
+        self, original: requests.Response, headers: Dict[str, str], refresh: bool = False
+    ) -> Any:
+        """Answer a 401 challenge with a token for its scope."""
+        challenge = original.headers.get("Www-Authenticate")
+        if not challenge:
+            return headers, False
+        self.token = self.fetch(challenge)
+        headers["Authorization"] = f"Bearer {self.token}"
+        return headers, True
+
+
+oras.auth.auth_backends.setdefault("k3b-scoped-token", ScopedTokenAuth)
 
 
 class TokenDenied(FetchError):

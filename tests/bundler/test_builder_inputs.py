@@ -457,3 +457,25 @@ def test_an_https_registry_cannot_redirect_a_blob_to_plain_http(tmp_path: Path, 
         assert "a redirect from https to plain http" in one_line(caught.value)
         assert storage.seen == []
     assert digest_of(CONFIG).split(":")[1] not in cache_files(tmp_path / "cache")
+
+
+def test_build_with_a_registry_serving_a_traversal_digest_exits_8_and_packs_nothing(
+    crafted: CraftedServer, run_build: Any, tmp_path: Path, sentinel: Path
+) -> None:
+    serve_image(crafted, manifest(layers=[{"digest": TRAVERSAL, "size": 34}]))
+    code, output = run_build(
+        "--version",
+        "v1.31.4+k3s1",
+        "--arch",
+        "amd64",
+        "--image",
+        f"{crafted.host}/evil/app:1.0",
+        "--insecure-registry",
+        crafted.host,
+    )
+    assert code == 8, output
+    error = [line for line in output.splitlines() if line.startswith("Error: ")]
+    assert len(error) == 1 and "is not a sha256 digest" in error[0]
+    assert sentinel.read_bytes() == b"-----BEGIN PRIVATE KEY----- secret"
+    assert not (tmp_path / "dist").exists() or list((tmp_path / "dist").iterdir()) == []
+    assert not any(p.name.endswith(".part") for p in (tmp_path / "cache").rglob("*"))
