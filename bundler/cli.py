@@ -169,6 +169,7 @@ _passthrough("verify", "Verify a bundle's signature and every byte (see: k3bundl
 _passthrough("inspect", "Show what a bundle holds (see: k3bundle inspect --help).")
 _passthrough("status", "Show what is installed and whether it still matches its record.")
 _passthrough("rollback", "Restore the previous installed generation exactly.")
+_passthrough("recover", "Finish or undo a change that a crash or power cut interrupted.")
 _passthrough("uninstall", "Remove exactly what k3bundle installed (see: --purge, --dry-run).")
 
 

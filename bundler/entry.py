@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Optional, Sequence
 
-HOST_COMMANDS = ("install", "verify", "inspect", "status", "rollback", "uninstall")
+HOST_COMMANDS = ("install", "verify", "inspect", "status", "recover", "rollback", "uninstall")
 VERBOSE = ("-v", "--verbose")
 
 

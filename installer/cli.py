@@ -25,7 +25,7 @@ from .errors import (
     unexpected,
 )
 from .install import install
-from .lifecycle import rollback, status, uninstall
+from .lifecycle import recover_root, rollback, status, uninstall
 from .plan import Options
 from .progress import Progress, TextProgress
 from .service import is_host_root, is_root_user, run_command
@@ -36,7 +36,7 @@ from .yaml_subset import load_config_file
 ProgressFactory = Callable[[], Progress]
 
 # The commands that change the host: on the real / they need root before they start.
-CHANGING = ("install", "rollback", "uninstall")
+CHANGING = ("install", "recover", "rollback", "uninstall")
 VERBOSE_HELP = "show a traceback on errors (anywhere on the command line)"
 EPILOG = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
 
@@ -86,7 +86,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(
-        dest="command", metavar="{install,verify,inspect,status,rollback,uninstall}"
+        dest="command", metavar="{install,verify,inspect,status,recover,rollback,uninstall}"
     )
     sub.required = True
     _install_parser(sub)
@@ -125,6 +125,7 @@ def _install_parser(sub: Any) -> None:
     parser.add_argument(
         "--no-start", action="store_true", help="enable the service but do not start it"
     )
+    _lock_options(parser)
     token = parser.add_mutually_exclusive_group()
     token.add_argument("--token", help="cluster token, written to the unit's env file (0600)")
     token.add_argument(
@@ -175,6 +176,15 @@ def _lifecycle_parsers(sub: Any) -> None:
     rollback_parser.add_argument(
         "--no-start", action="store_true", help="do not restart the service"
     )
+    _force_option(rollback_parser)
+    _lock_options(rollback_parser)
+    recover_parser = sub.add_parser(
+        "recover",
+        help="finish or undo a change that was cut off (a crash, a power cut)",
+        epilog=EPILOG,
+    )
+    _root_only(recover_parser)
+    _lock_options(recover_parser)
     uninstall_parser = sub.add_parser(
         "uninstall", help="remove exactly what k3bundle installed", epilog=EPILOG
     )
@@ -184,6 +194,33 @@ def _lifecycle_parsers(sub: Any) -> None:
     )
     uninstall_parser.add_argument(
         "--dry-run", action="store_true", help="print what would go; change nothing"
+    )
+    _force_option(uninstall_parser)
+    _lock_options(uninstall_parser)
+
+
+def _force_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="also remove files that changed since k3bundle placed them (default: keep them)",
+    )
+
+
+def _lock_options(parser: argparse.ArgumentParser) -> None:
+    wait = parser.add_mutually_exclusive_group()
+    wait.add_argument(
+        "--wait",
+        dest="wait",
+        action="store_true",
+        default=True,
+        help="when another k3bundle is changing the root, wait for it (the default)",
+    )
+    wait.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        help="when another k3bundle is changing the root, fail at once (exit 7)",
     )
 
 
@@ -310,12 +347,25 @@ def _dispatch(args: argparse.Namespace, progress: Progress) -> int:
     _require_root(args)
     if args.command == "status":
         return _status(args)
+    if args.command == "recover":
+        recovered = recover_root(args.root, _reporter(args), args.wait)
+        print(f"Recovered: {recovered}." if recovered else f"Nothing to recover under {args.root}.")
+        return 0
     if args.command == "rollback":
-        done = rollback(args.root, _reporter(args), run_command, args.no_start)
+        report = _reporter(args)
+        done = rollback(args.root, report, run_command, args.no_start, args.force, args.wait)
         print(f"Rolled back: k3s {done['from']} -> {done['to']}.")
         return 0
     if args.command == "uninstall":
-        removed = uninstall(args.root, _reporter(args), run_command, args.purge, args.dry_run)
+        removed = uninstall(
+            args.root,
+            _reporter(args),
+            run_command,
+            args.purge,
+            args.dry_run,
+            args.force,
+            args.wait,
+        )
         verb = "would remove" if args.dry_run else "removed"
         print(f"Uninstalled: {verb} {len(removed)} paths under {args.root}.")
         return 0
@@ -353,6 +403,7 @@ def _install(args: argparse.Namespace, progress: Progress) -> int:
         allow_downgrade=args.allow_downgrade,
         adopt=args.adopt,
         sync=is_host_root(args.root) if args.sync is None else args.sync,
+        wait=args.wait,
         environ=dict(os.environ),
     )
     outcome = install(options, _reporter(args), progress)

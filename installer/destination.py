@@ -8,8 +8,9 @@ destination created, so a failure leaves the host as it was.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import posixpath
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import (
@@ -29,11 +30,15 @@ from typing import (
 )
 
 from .copying import copy_range
-from .errors import InstallError
+from .errors import InstallError, host_error
 from .hashing import Segment, sha256_file
-from .plan import LINKED_COMMANDS, Link, Placement
-from .transaction import missing_folders
+from .jsondoc import load_json
+from .layout import LINKED_COMMANDS, RECORD_PATH, staged_name
+from .plan import Link, Placement
+from .record import MAX_RECORD_BYTES, Record, parse_record
+from .rootfs import RootFS, is_dir_no_follow, open_new, read_file, remove_file
 
+MAX_STATE_BYTES = 16 * 1024 * 1024  # env files and the --config copy k3bundle keeps
 SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 Progress = Callable[[int], None]
 
@@ -47,16 +52,17 @@ class Staged:
 
 
 class HostDestination:
-    """Files and links under one root folder."""
+    """Files and links under one root folder, never outside it (rootfs.py)."""
 
     def __init__(self, root: str) -> None:
-        self.root = Path(root)
+        self.fs = RootFS(root)
+        self.root = self.fs.root
         self._staged: List[Staged] = []
-        self._created_dirs: List[Path] = []
+        self._created_dirs: List[str] = []
 
     def path(self, target: str) -> Path:
-        """The host path of an absolute target path, under the root."""
-        return self.root / target.lstrip("/")
+        """The host path of an absolute target path, its folders resolved beneath the root."""
+        return self.fs.host(target)
 
     def existing_commands(self) -> Set[str]:
         """Which of kubectl/crictl/ctr already exist on the system PATH (other than our links)."""
@@ -70,23 +76,42 @@ class HostDestination:
         return found
 
     def read_json(self, target: str) -> Optional[Mapping[str, Any]]:
-        """A JSON file under the root, or None when it is missing or unreadable."""
-        try:
-            doc = json.loads(self.path(target).read_text("utf-8"))
-        except (OSError, ValueError):
+        """A JSON object k3bundle keeps under the root, or None when it is missing.
+
+        A file that is not a JSON object is refused: it is state k3bundle wrote, changed since.
+        """
+        path = self.path(target)
+        data = read_file(path, MAX_STATE_BYTES)
+        if data is None:
             return None
-        return doc if isinstance(doc, dict) else None
+        hint = f"k3bundle wrote {path}; restore it or move it away, then run again."
+        doc = load_json(data, str(path), error=InstallError, hint=hint)
+        if not isinstance(doc, dict):
+            raise InstallError(f"{path} is not a JSON object", hint)
+        return doc
+
+    def read_record(self, target: str = RECORD_PATH) -> Optional[Record]:
+        """The validated install record (or a kept previous one), None when there is none."""
+        path = self.path(target)
+        data = read_file(path, MAX_RECORD_BYTES)
+        return None if data is None else parse_record(data, str(path))
 
     def is_current(self, placement: Placement) -> bool:
         """True when the file on disk already has the placement's content and mode."""
-        path = self.path(placement.target)
+        return self.matches(placement.target, placement.size, placement.sha256, placement.mode)
+
+    def matches(self, target: str, size: int, sha256: str, mode: Optional[int] = None) -> bool:
+        """True when the target is a regular file (not a link) of this size, sha256 and mode."""
+        path = self.path(target)
         try:
             info = path.lstat()
         except OSError:
             return False
-        if not path.is_file() or path.is_symlink() or info.st_size != placement.size:
+        if not stat.S_ISREG(info.st_mode) or info.st_size != size:
             return False
-        return (info.st_mode & 0o7777) == placement.mode and sha256_file(path) == placement.sha256
+        if mode is not None and (info.st_mode & 0o7777) != mode:
+            return False
+        return sha256_file(path) == sha256
 
     def link_is_current(self, link: Link) -> bool:
         """True when the symlink already exists with the right target."""
@@ -95,30 +120,41 @@ class HostDestination:
 
     def staged_path(self, target: str) -> Path:
         """The temporary name a target is written under until the commit."""
-        final = self.path(target)
-        return final.with_name(f".{final.name}.k3bundle-tmp")
+        return self.path(staged_name(target))
 
     def missing_dirs(self, targets: Iterable[str]) -> List[str]:
-        """Host folders that staging these targets would create, parents first."""
+        """The folders (as target paths, like "/etc/rancher/k3s") placing these would create,
+        parents first; never the root folder itself."""
         missing: List[str] = []
         for target in targets:
-            chain = [str(p) for p in missing_folders(self.path(target).parent)]
-            missing.extend(p for p in chain if p not in missing)
+            folder = posixpath.dirname(target)
+            chain: List[str] = []
+            while folder not in ("/", "") and not os.path.lexists(self.path(folder)):
+                chain.append(folder)
+                folder = posixpath.dirname(folder)
+            missing.extend(p for p in reversed(chain) if p not in missing)
         return missing
 
     def missing_targets(self, targets: Iterable[str]) -> List[str]:
-        """The folders (as target paths, like "/etc/rancher/k3s") these targets would create."""
-        inside = [Path(p).relative_to(self.root) for p in self.missing_dirs(targets)]
-        return [f"/{p}" for p in inside if p != Path(".")]  # never the root folder itself
+        """The folders (as target paths) these targets would create."""
+        return self.missing_dirs(targets)
+
+    def check_placeable(self, targets: Iterable[str]) -> None:
+        """Refuse before any change when a folder (not a link) sits where a file or link goes."""
+        for target in targets:
+            if is_dir_no_follow(self.path(target)):
+                raise InstallError(
+                    f"{self.path(target)} is a folder, but the install places a file there",
+                    "Move that folder away and run again (nothing has been changed).",
+                )
 
     def read_env(self, target: str) -> Dict[str, str]:
         """KEY="value" lines of an env file we wrote (empty when missing)."""
-        try:
-            lines = self.path(target).read_text("utf-8").splitlines()
-        except OSError:
+        data = read_file(self.path(target), MAX_STATE_BYTES)
+        if data is None:
             return {}
         found: Dict[str, str] = {}
-        for line in lines:
+        for line in data.decode("utf-8", "replace").splitlines():
             key, equals, value = line.partition("=")
             if equals and key.strip():
                 found[key.strip()] = _unquote(value.strip())
@@ -139,11 +175,14 @@ class HostDestination:
         """
         final, fd = self._open_staged(placement)
         with os.fdopen(fd, "wb", buffering=0) as out:
-            for chunk in chunks:
-                _write_all(out, chunk)
-                progress(len(chunk))
-            if sync:
-                os.fsync(out.fileno())
+            try:
+                for chunk in chunks:
+                    _write_all(out, chunk)
+                    progress(len(chunk))
+                if sync:
+                    os.fsync(out.fileno())
+            except OSError as exc:
+                raise host_error(exc, "write", final) from None
         return final
 
     def stage_copy(
@@ -163,47 +202,54 @@ class HostDestination:
                     copy_range(source, offset, length, fd, _shifted(published, done))
                 done += length
         except OSError as exc:
-            raise InstallError(
-                f"cannot copy {placement.target} into place: {exc.strerror}",
-                "Check the free space under the root and that the bundle is readable, then run "
-                "again (nothing has been changed).",
-            ) from None
+            raise host_error(exc, "copy", placement.target) from None
         finally:
             os.close(fd)
         return final
 
     def _open_staged(self, placement: Placement) -> Tuple[Path, int]:
-        final = self.path(placement.target)
-        self._make_dirs(final.parent)
-        tmp = self.staged_path(placement.target)
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, placement.mode)
-        except OSError as exc:
-            raise InstallError(f"cannot write {final}: {exc.strerror}", "Run as root.") from None
+        self._make_dirs(posixpath.dirname(placement.target))
+        final, tmp = self.path(placement.target), self.staged_path(placement.target)
+        fd = open_new(tmp, placement.mode)
         self._staged.append(Staged(tmp, final))
         os.fchmod(fd, placement.mode)  # exact (not umask'd), and before any fsync of the file
         return final, fd
 
+    def ensure_empty_file(self, target: str, mode: int) -> None:
+        """Create an empty file (and its folders) unless something is there already."""
+        self._make_dirs(posixpath.dirname(target))
+        self._created_dirs.clear()  # kept: the file lives in them now
+        try:
+            fd = os.open(
+                self.path(target), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode
+            )
+        except FileExistsError:
+            return
+        except OSError as exc:
+            raise host_error(exc, "create", self.path(target)) from None
+        os.close(fd)
+
     def abort(self) -> None:
         """Remove staged files and the folders this destination created."""
         for staged in self._staged:
-            with contextlib.suppress(FileNotFoundError):
-                staged.tmp.unlink()
+            with contextlib.suppress(InstallError):
+                remove_file(staged.tmp)
         self._staged.clear()
         for folder in reversed(self._created_dirs):
             with contextlib.suppress(OSError):  # not empty: something else lives there now
-                folder.rmdir()
+                self.path(folder).rmdir()
         self._created_dirs.clear()
+        self.fs.forget()
 
-    def _make_dirs(self, folder: Path) -> None:
-        for path in missing_folders(folder):
+    def _make_dirs(self, folder: str) -> None:
+        for target in self.missing_dirs([f"{folder}/x"]):
+            path = self.path(target)
             try:
                 path.mkdir(mode=0o755)
             except OSError as exc:
-                raise InstallError(
-                    f"cannot create {path}: {exc.strerror}", "Run as root."
-                ) from None
-            self._created_dirs.append(path)
+                raise host_error(exc, "create", path) from None
+            self._created_dirs.append(target)
+            self.fs.forget()
 
 
 def _shifted(published: Progress, base: int) -> Progress:

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import List, Set, Tuple
+from typing import List, Optional, Sequence, Set, Tuple
 
 from . import units
 from .destination import HostDestination
 from .hashing import HashPool, truncated
+from .layout import IMAGE_CACHE, RECORD_PATH, SYSTEMD_DIR, USER_CONFIG, staged_name
+from .lock import HostLock, locked
 from .manifest import arch_from_machine, check_arch
 from .plan import (
-    IMAGE_CACHE,
-    RECORD_PATH,
-    SYSTEMD_DIR,
-    USER_CONFIG,
     HostSettings,
     Options,
     Placement,
@@ -56,22 +54,38 @@ def install(
     options: Options, report: Report, progress: Progress, runner: Runner = run_command
 ) -> Outcome:
     """Verify the bundle and place everything it carries for this host, all or nothing."""
-    journal = Journal(options.root, durable=options.sync)
-    recover(journal, report, options.dry_run)
+    dest = HostDestination(options.root)
+    if options.dry_run:  # changes nothing, takes no lock: it only reads
+        note_pending(dest, report)
+        return _install(options, dest, None, report, progress, runner)
+    with locked(dest.fs, options.wait, report) as lock:
+        recover(Journal(dest.fs), lock, report)
+        return _install(options, dest, lock, report, progress, runner)
+
+
+def _install(
+    options: Options,
+    dest: HostDestination,
+    lock: Optional[HostLock],
+    report: Report,
+    progress: Progress,
+    runner: Runner,
+) -> Outcome:
+    journal = Journal(dest.fs, durable=options.sync)
     source, auth = open_authenticated(
         options.bundle, options.pubkeys, options.root, options.allow_unsigned
     )
     with source:
-        dest = HostDestination(options.root)
-        plan, host = _plan(auth, options, dest)
+        made_for_lock = list(lock.created) if lock is not None else []
+        plan, host = _plan(auth, options, dest, made_for_lock)
+        dest.check_placeable([*plan_targets(plan), *(link.path for link in plan.links)])
         current = {p.target for p in plan.files if dest.is_current(p)}
-        check_space(dest.root, [p for p in plan.files if p.target not in current])
+        check_space(dest.fs, [p for p in plan.files if p.target not in current])
         outcome = Outcome(auth.manifest.k3s_version, plan.arch, plan.service)
         change = _change(plan, current, dest)
         if not options.dry_run and change.moves:  # nothing to stage: leave the state dir be
-            journal.begin_staging(
-                [m[0] for m in change.moves], dest.missing_dirs(plan_targets(plan))
-            )
+            dirs = [*made_for_lock, *dest.missing_dirs(plan_targets(plan))]
+            journal.begin_staging([source_of for source_of, _ in change.moves], dirs)
         try:
             _place(source, auth, plan, current, dest, options, progress)
         except BaseException:
@@ -90,16 +104,18 @@ def install(
     return outcome
 
 
-def recover(journal: Journal, report: Report, dry_run: bool = False) -> None:
-    """Finish or undo what an earlier, interrupted command left (not on a dry run)."""
-    if journal.pending() is None:
-        return
-    if dry_run:
-        report("note: an earlier command was interrupted; the next real run will finish it")
-        return
+def recover(journal: Journal, lock: HostLock, report: Report) -> None:
+    """Finish or undo what an earlier, interrupted command left (the caller holds the lock)."""
     done = journal.recover()
     if done:
+        lock.created.extend(journal.leftover_dirs)  # removed with the lock file, if empty
         report(f"note: {done}")
+
+
+def note_pending(dest: HostDestination, report: Report) -> None:
+    """For commands that change nothing: say when an earlier command was cut off."""
+    if Journal(dest.fs).pending() is not None:
+        report("note: an earlier command was interrupted; the next real run will finish it")
 
 
 def plan_targets(plan: Plan) -> List[str]:
@@ -108,17 +124,21 @@ def plan_targets(plan: Plan) -> List[str]:
 
 
 def _plan(
-    auth: Authenticated, options: Options, dest: HostDestination
+    auth: Authenticated, options: Options, dest: HostDestination, made_for_lock: List[str]
 ) -> Tuple[Plan, HostSettings]:
-    previous = dest.read_json(RECORD_PATH)
+    previous = dest.read_record()
     check_downgrade(previous, auth.manifest.k3s_version, options.allow_downgrade)
-    check_foreign(dest.root, previous, options.adopt)
-    old_role = str((previous or {}).get("role") or "server")
+    check_foreign(dest.fs, previous, options.adopt)
+    old_role = previous.role if previous is not None else "server"
     old_env = dest.read_env(f"{SYSTEMD_DIR}/{units.service_name(old_role)}.service.env")
-    bin_dir = choose_bin_dir(dest.root, previous)
+    bin_dir = choose_bin_dir(dest.fs, previous, options.dry_run)
     old_config = dest.read_json(USER_CONFIG)
     host = resolve_host(options, auth.manifest, previous, old_env, bin_dir, old_config)
     commands = dest.existing_commands()
+
+    def missing(targets: Sequence[str]) -> List[str]:
+        return [*made_for_lock, *dest.missing_targets(targets)]
+
     plan = plan_install(
         auth.manifest,
         auth.bundle_id,
@@ -127,21 +147,20 @@ def _plan(
         commands,
         previous,
         host,
-        dest.missing_targets,
+        missing,
     )
     return plan, host
 
 
 def _change(plan: Plan, current: Set[str], dest: HostDestination) -> Change:
     """The commit: staged files to move, old files and links to remove, what to keep."""
-    previous = dest.read_json(RECORD_PATH) or {}
+    previous = dest.read_record()
     targets = set(plan_targets(plan))
-    moves = [
-        (str(dest.staged_path(p.target)), p.target) for p in plan.files if p.target not in current
-    ]
-    removals = [str(f["path"]) for f in previous.get("files", []) if str(f["path"]) not in targets]
+    moves = [(staged_name(p.target), p.target) for p in plan.files if p.target not in current]
+    old_files = [f.path for f in previous.files] if previous is not None else []
+    removals = [path for path in old_files if path not in targets]
     new_links = {link.path for link in plan.links}
-    old_links = [str(item["path"]) for item in previous.get("links", [])]
+    old_links = [link.path for link in previous.links] if previous is not None else []
     unlinks = [path for path in old_links if path not in new_links]
     links = [(link.path, link.target) for link in plan.links if not dest.link_is_current(link)]
     backups = [target for _, target in moves if dest.path(target).exists()] + removals
@@ -155,12 +174,9 @@ def _commit(journal: Journal, change: Change, dest: HostDestination, host: HostS
         journal.commit(change)
     else:
         journal.discard()
-    if host.image_cache:
-        cache = dest.path(IMAGE_CACHE)
-        if not cache.exists():
-            # k3s only reads and rewrites .cache.json; it must exist for k3s to use it.
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.touch(mode=0o644)
+    if host.image_cache and not os.path.lexists(dest.path(IMAGE_CACHE)):
+        # k3s only reads and rewrites .cache.json; it must exist for k3s to use it.
+        dest.ensure_empty_file(IMAGE_CACHE, 0o644)
 
 
 def _place(

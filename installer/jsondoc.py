@@ -22,15 +22,14 @@ def exceeds_depth(text: str, max_depth: int) -> bool:
     """True when [ and { nest deeper than `max_depth` in a JSON text (strings ignored).
 
     Works with regular expressions only (C speed): drop strings and everything but brackets,
-    then peel innermost pairs `max_depth` times; brackets left over nest deeper (or do not
-    balance, which the parser refuses anyway).
+    then peel innermost pairs `max_depth` times; a pair left over nests deeper.
     """
     brackets = _NOT_BRACKET.sub("", _STRING.sub("", text).translate(_JSON_PUNCTUATION))
     for _ in range(max_depth):
         if not brackets:
             return False
         brackets = _INNERMOST.sub("", brackets)
-    return bool(brackets)
+    return bool(_INNERMOST.search(brackets))  # unbalanced leftovers are the parser's to refuse
 
 
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -60,4 +59,3 @@ def load_json(
         return json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise error(f"{what} is not valid JSON ({exc})", hint) from None
-

@@ -14,26 +14,41 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, 
 from . import units
 from .config import dump_yaml
 from .errors import UsageError
+from .layout import (
+    BIN_DIR,
+    CHARTS_DIR,
+    CONFIG_DIR,
+    DATA_DIR,
+    IMAGE_CACHE,
+    IMAGES_DIR,
+    LINKED_COMMANDS,
+    MANIFESTS_DIR,
+    RECORD_PATH,
+    SYSTEMD_DIR,
+    USER_CONFIG,
+)
 from .manifest import Entry, Manifest, canonical_json
+from .record import RECORD_FORMAT, Record, RecordFile, RecordLink
 
-BIN_DIR = "/usr/local/bin"
-SYSTEMD_DIR = "/etc/systemd/system"
-DATA_DIR = "/var/lib/rancher/k3s"
-CONFIG_DIR = "/etc/rancher/k3s"
-RECORD_PATH = "/var/lib/k3bundle/record.json"
-RECORD_FORMAT = "k3bundle-record/v1"
-LINKED_COMMANDS = ("kubectl", "crictl", "ctr")
+__all__ = [
+    "BIN_DIR",
+    "CONFIG_DIR",
+    "DATA_DIR",
+    "IMAGE_CACHE",
+    "LINKED_COMMANDS",
+    "RECORD_FORMAT",
+    "RECORD_PATH",
+]
+
 SERVER_ONLY = ("chart", "helmchart-manifest")
-IMAGE_CACHE = f"{DATA_DIR}/agent/images/.cache.json"
-USER_CONFIG = "/var/lib/k3bundle/config-override.json"
 
 # kind → (target folder, mode); a None folder means the fixed path of the k3s binary.
 TARGETS: Mapping[str, Tuple[str, int]] = {
     "k3s-binary": (BIN_DIR, 0o755),
-    "airgap-images": (f"{DATA_DIR}/agent/images", 0o644),
-    "images": (f"{DATA_DIR}/agent/images", 0o644),
-    "chart": (f"{DATA_DIR}/server/static/charts", 0o644),
-    "helmchart-manifest": (f"{DATA_DIR}/server/manifests", 0o600),
+    "airgap-images": (IMAGES_DIR, 0o644),
+    "images": (IMAGES_DIR, 0o644),
+    "chart": (CHARTS_DIR, 0o644),
+    "helmchart-manifest": (MANIFESTS_DIR, 0o600),
 }
 
 
@@ -62,6 +77,7 @@ class Options:
     allow_downgrade: bool = False
     adopt: bool = False
     sync: bool = False  # flush every written file to disk before the commit
+    wait: bool = True  # another k3bundle holds the root's lock: wait for it (else refuse)
     environ: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -118,7 +134,6 @@ class Plan:
     files: Tuple[Placement, ...]
     links: Tuple[Link, ...]
     skipped: Tuple[Entry, ...]
-
     # Payload placements by member path, built once: looking each entry up must not scan
     # every file (100,000 entries would take minutes).
     _by_path: Dict[str, Placement] = field(init=False, repr=False, compare=False)
@@ -146,7 +161,7 @@ def plan_install(
     options: Options,
     arch: str,
     existing_commands: Set[str],
-    previous: Optional[Mapping[str, Any]] = None,
+    previous: Optional[Record] = None,
     host: Optional[HostSettings] = None,
     missing: Callable[[Sequence[str]], Sequence[str]] = lambda targets: (),
 ) -> Plan:
@@ -181,13 +196,13 @@ def plan_install(
 def resolve_host(
     options: Options,
     manifest: Manifest,
-    previous: Optional[Mapping[str, Any]] = None,
+    previous: Optional[Record] = None,
     previous_env: Optional[Mapping[str, str]] = None,
     bin_dir: str = BIN_DIR,
     previous_config: Optional[Mapping[str, Any]] = None,
 ) -> HostSettings:
     """Merge options over what the installed generation used, then check upstream's rules."""
-    old = dict((previous or {}).get("options") or {})
+    old = dict(previous.options) if previous is not None else {}
     role = options.role or old.get("role") or "server"
     server_url = options.server_url or (old.get("server_url") if role == old.get("role") else None)
     env = _env(options, previous_env or {}, server_url)
@@ -318,46 +333,38 @@ def _record(
     host: HostSettings,
     files: Sequence[Placement],
     links: Sequence[Link],
-    previous: Optional[Mapping[str, Any]],
+    previous: Optional[Record],
     folders: Sequence[str],
 ) -> bytes:
-    doc: Dict[str, Any] = {
-        "format": RECORD_FORMAT,
-        "bundle_id": bundle_id,
-        "k3s_version": manifest.k3s_version,
-        "arch": arch,
-        "role": host.role,
-        "options": dict(host.remembered),
-        "ensured": [IMAGE_CACHE] if host.image_cache else [],
-        "files": [_record_file(p) for p in files],
-        "links": [{"path": link.path, "target": link.target} for link in links],
-        "folders": list(folders),
-        "previous": _previous(previous, bundle_id),
-    }
-    return canonical_json(doc) + b"\n"
+    record = Record(
+        bundle_id=bundle_id,
+        k3s_version=manifest.k3s_version,
+        arch=arch,
+        role=host.role,
+        options=dict(host.remembered),
+        ensured=(IMAGE_CACHE,) if host.image_cache else (),
+        files=tuple(_record_file(p) for p in files),
+        links=tuple(RecordLink(link.path, link.target) for link in links),
+        folders=tuple(folders),
+        previous=_previous(previous, bundle_id),
+    )
+    return record.to_bytes()
 
 
-def _folders(previous: Optional[Mapping[str, Any]], created: Sequence[str]) -> List[str]:
+def _folders(previous: Optional[Record], created: Sequence[str]) -> List[str]:
     """Folders k3bundle created, by this install or an earlier one: uninstall's to remove."""
-    earlier = [str(f) for f in (previous or {}).get("folders", []) if isinstance(f, str)]
+    earlier = previous.folders if previous is not None else ()
     return sorted({*earlier, *created})
 
 
-def _record_file(placement: Placement) -> Dict[str, Any]:
+def _record_file(placement: Placement) -> RecordFile:
     kind = placement.entry.kind if placement.entry is not None else "generated"
-    return {
-        "path": placement.target,
-        "sha256": placement.sha256,
-        "size": placement.size,
-        "mode": f"{placement.mode:04o}",
-        "kind": kind,
-    }
+    return RecordFile(placement.target, placement.sha256, placement.size, placement.mode, kind)
 
 
-def _previous(old: Optional[Mapping[str, Any]], bundle_id: str) -> Optional[Dict[str, Any]]:
-    if not old:
+def _previous(old: Optional[Record], bundle_id: str) -> Optional[Mapping[str, str]]:
+    if old is None:
         return None
-    if old.get("bundle_id") == bundle_id:
-        prior = old.get("previous")
-        return dict(prior) if isinstance(prior, Mapping) else None
-    return {"bundle_id": old.get("bundle_id"), "k3s_version": old.get("k3s_version")}
+    if old.bundle_id == bundle_id:
+        return old.previous
+    return {"bundle_id": old.bundle_id, "k3s_version": old.k3s_version}

@@ -5,20 +5,23 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 from .errors import InstallError, UsageError
-from .plan import BIN_DIR, SYSTEMD_DIR, Placement
+from .layout import ALT_BIN_DIR, BIN_DIR, STAGED_SUFFIX, SYSTEMD_DIR
+from .plan import Placement
 from .progress import human_size
+from .record import Record
+from .rootfs import RootFS, open_new, remove_file
 
-ALT_BIN_DIR = "/opt/bin"
-_VERSION = re.compile(r"^v(\d+)\.(\d+)\.(\d+)(?:-(?:alpha|beta|rc)(\d+))?\+k3s(\d+)$")
+__all__ = ["ALT_BIN_DIR", "check_downgrade", "check_foreign", "check_space", "choose_bin_dir"]
+_VERSION = re.compile(r"v(\d+)\.(\d+)\.(\d+)(?:-(?:alpha|beta|rc)(\d+))?\+k3s(\d+)")
 _MARGIN = 16 * 1024 * 1024  # room left for k3s itself and the journal
 
 
 def version_key(version: str) -> Tuple[int, ...]:
     """An ordering key for k3s tags: v1.31.4-rc1+k3s1 < v1.31.4+k3s1 < v1.31.4+k3s2."""
-    match = _VERSION.match(version)
+    match = _VERSION.fullmatch(version)
     if not match:
         return (0,)
     major, minor, patch, rc, k3s = match.groups()
@@ -26,9 +29,9 @@ def version_key(version: str) -> Tuple[int, ...]:
     return (int(major), int(minor), int(patch), *prerelease, int(k3s))
 
 
-def check_downgrade(previous: Optional[Mapping[str, Any]], version: str, allowed: bool) -> None:
+def check_downgrade(previous: Optional[Record], version: str, allowed: bool) -> None:
     """Refuse to install an older k3s over a newer one unless --allow-downgrade."""
-    installed = str((previous or {}).get("k3s_version") or "")
+    installed = previous.k3s_version if previous is not None else ""
     if installed and version_key(version) < version_key(installed) and not allowed:
         raise UsageError(
             f"k3s {installed} is installed; this bundle carries the older {version}",
@@ -37,13 +40,13 @@ def check_downgrade(previous: Optional[Mapping[str, Any]], version: str, allowed
         )
 
 
-def check_foreign(root: Path, previous: Optional[Mapping[str, Any]], adopt: bool) -> None:
+def check_foreign(fs: RootFS, previous: Optional[Record], adopt: bool) -> None:
     """Refuse to overwrite a k3s that k3bundle did not install, unless --adopt."""
     if previous is not None or adopt:
         return
-    found = [p for p in _foreign_files(root) if p.exists() or p.is_symlink()]
+    found = [p for p in _foreign_files(fs) if p.exists() or p.is_symlink()]
     if found:
-        shown = ", ".join("/" + str(p.relative_to(root)) for p in found[:3])
+        shown = ", ".join(fs.shown(p) for p in found[:3])
         raise InstallError(
             f"k3s is already installed here by other means ({shown})",
             "Pass --adopt to take it over (its files are kept as the previous generation, so "
@@ -51,23 +54,22 @@ def check_foreign(root: Path, previous: Optional[Mapping[str, Any]], adopt: bool
         )
 
 
-def _foreign_files(root: Path) -> Iterable[Path]:
-    yield root / BIN_DIR.lstrip("/") / "k3s"
-    yield root / ALT_BIN_DIR.lstrip("/") / "k3s"
-    units = root / SYSTEMD_DIR.lstrip("/")
+def _foreign_files(fs: RootFS) -> Iterable[Path]:
+    yield fs.host(f"{BIN_DIR}/k3s")
+    yield fs.host(f"{ALT_BIN_DIR}/k3s")
+    units = fs.folder(SYSTEMD_DIR)
     if units.is_dir():
         yield from sorted(units.glob("k3s*.service"))
 
 
-def choose_bin_dir(root: Path, previous: Optional[Mapping[str, Any]]) -> str:
+def choose_bin_dir(fs: RootFS, previous: Optional[Record], dry_run: bool = False) -> str:
     """/usr/local/bin, or /opt/bin when /usr/local/bin is read-only and /opt/bin exists."""
-    kept = ((previous or {}).get("options") or {}).get("bin_dir")
-    if kept:
-        return str(kept)
-    folder = root / BIN_DIR.lstrip("/")
-    if not folder.is_dir() or _writable(folder):
+    if previous is not None and previous.bin_dir:
+        return previous.bin_dir  # the record's model admits only BIN_DIR and ALT_BIN_DIR
+    folder = fs.folder(BIN_DIR)
+    if not folder.is_dir() or _writable(folder, dry_run):
         return BIN_DIR
-    if (root / ALT_BIN_DIR.lstrip("/")).is_dir():
+    if fs.folder(ALT_BIN_DIR).is_dir():
         return ALT_BIN_DIR
     raise InstallError(
         f"{BIN_DIR} is read-only and {ALT_BIN_DIR} does not exist",
@@ -75,23 +77,27 @@ def choose_bin_dir(root: Path, previous: Optional[Mapping[str, Any]]) -> str:
     )
 
 
-def _writable(folder: Path) -> bool:
+def _writable(folder: Path, dry_run: bool) -> bool:
     # As upstream's install.sh does: try to create a file (root ignores permission bits, so
-    # only a real attempt tells a read-only or immutable folder).
-    probe = folder / ".k3bundle-ro-test"
+    # only a real attempt tells a read-only or immutable folder). A dry run changes nothing,
+    # so it asks the kernel instead.
+    if dry_run:
+        return os.access(folder, os.W_OK)
+    probe = folder / f".k3bundle-ro-test{STAGED_SUFFIX}"
     try:
-        probe.touch()
-    except OSError:
+        fd = open_new(probe, 0o600)
+    except InstallError:
         return False
-    probe.unlink()
+    os.close(fd)
+    remove_file(probe)
     return True
 
 
-def check_space(root: Path, placements: Iterable[Placement]) -> None:
+def check_space(fs: RootFS, placements: Iterable[Placement]) -> None:
     """Refuse before writing when a filesystem lacks room for what goes on it."""
     needed: Dict[int, Tuple[Path, int]] = {}
     for placement in placements:
-        folder = _existing_parent(root / placement.target.lstrip("/"))
+        folder = _existing_parent(fs.host(placement.target))
         device = folder.stat().st_dev
         _, total = needed.get(device, (folder, 0))
         needed[device] = (folder, total + placement.size)

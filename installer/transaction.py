@@ -7,6 +7,10 @@ files into place (the install record among them) and makes `previous.new/` the k
 generation. The journal says which step was reached, every step is idempotent, and the next
 command finishes a commit that was cut off: the host is always either the old installation or the
 new one.
+
+The journal is a file on the host like any other, so it is data, not authority: every path in it
+is a target path (never a host path), and `_checked` refuses any that an install could not have
+written for its plan (layout.py) before a single one is acted on.
 """
 
 from __future__ import annotations
@@ -17,20 +21,35 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-STATE_DIR = "/var/lib/k3bundle"
-RECORD_PATH = f"{STATE_DIR}/record.json"
-JOURNAL_PATH = f"{STATE_DIR}/journal.json"
-PREVIOUS_DIR = f"{STATE_DIR}/previous"
-_NEXT_PREVIOUS = f"{STATE_DIR}/previous.new"
+from .errors import InstallError, host_error
+from .jsondoc import load_json
+from .layout import (
+    JOURNAL_PATH,
+    NEXT_PREVIOUS_DIR,
+    PREVIOUS_DIR,
+    STAGED_SUFFIX,
+    STATE_DIR,
+    SYSTEMD_DIR,
+    incoming_copy,
+    kept_copy,
+    placeable_file,
+    placeable_folder,
+    placeable_link,
+    staged_name,
+)
+from .rootfs import RootFS, open_new, read_file, remove_file
+
+JOURNAL_FORMAT = "k3bundle-journal/v1"
+MAX_JOURNAL_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
 class Change:
-    """What one commit does; paths are absolute on the host (not under --root)."""
+    """What one commit does; every path is a target path (as on the host, not under --root)."""
 
-    moves: List[Tuple[str, str]] = field(default_factory=list)  # (host source, target)
+    moves: List[Tuple[str, str]] = field(default_factory=list)  # (source target, target)
     removals: List[str] = field(default_factory=list)
     links: List[Tuple[str, str]] = field(default_factory=list)  # (path, link target)
     unlinks: List[str] = field(default_factory=list)
@@ -38,71 +57,92 @@ class Change:
     keep_previous: bool = True  # False (uninstall): drop the previous generation too
 
 
+class JournalError(InstallError):
+    """A journal that names what k3bundle would never have written: refused, never obeyed."""
+
+
 class Journal:
     """The journal file of one root, and the commit protocol it protects."""
 
-    def __init__(self, root: str, durable: bool = False) -> None:
-        self.root, self.durable = Path(root), durable
-        self.path = self.host(JOURNAL_PATH)
-        self._tmp = self.path.with_name(self.path.name + ".tmp")  # the next journal, until renamed
-        self._created: List[Path] = []  # folders made for the journal, removed by discard()
+    def __init__(self, fs: RootFS, durable: bool = False) -> None:
+        self.fs, self.durable = fs, durable
+        self._created: List[str] = []  # folders made for the journal, removed by discard()
+        self.leftover_dirs: List[str] = []  # folders recovery could not remove yet (the lock's)
+
+    @property
+    def path(self) -> Path:
+        """The journal file on the host."""
+        return self.fs.host(JOURNAL_PATH)
+
+    @property
+    def _tmp(self) -> Path:  # the next journal, until renamed over the current one
+        return self.path.with_name(self.path.name + ".tmp")
 
     def host(self, target: str) -> Path:
         """An absolute target path under the root."""
-        return self.root / target.lstrip("/")
+        return self.fs.host(target)
 
     def pending(self) -> Optional[Dict[str, Any]]:
-        """The interrupted operation, if a journal (or a first one never put in place) is left."""
-        try:
-            doc = json.loads(self.path.read_text("utf-8"))
-        except FileNotFoundError:
+        """The interrupted operation, if a journal (or a first one never put in place) is left.
+
+        Raises JournalError for a journal k3bundle cannot have written.
+        """
+        data = read_file(self.path, MAX_JOURNAL_BYTES)
+        if data is None:
             return self._unwritten()
-        except ValueError:
-            return {"state": "staging", "staged": [], "dirs": []}  # cut off mid-write
-        return doc if isinstance(doc, dict) else None
+        if not data.endswith(b"\n"):  # cut off mid-write: the rename makes a whole one appear
+            return {"state": "staging", "staged": [], "dirs": []}
+        return _checked(load_json(data, str(self.path), JournalError, _repair(self.path)), self)
 
     def _unwritten(self) -> Optional[Dict[str, Any]]:
         """Cut off while writing the first journal: nothing was staged or changed yet, but the
         temporary journal and the folders made for it are left to remove."""
-        try:
-            doc = json.loads(self._tmp.read_text("utf-8"))
-        except FileNotFoundError:
+        data = read_file(self._tmp, MAX_JOURNAL_BYTES)
+        if data is None:
             return None
-        except ValueError:
-            doc = None
+        doc: Any = None
+        with contextlib.suppress(JournalError):
+            doc = _checked(load_json(data, str(self._tmp), JournalError), self)
         staging = isinstance(doc, dict) and doc.get("state") == "staging"
         return {"state": "staging", "staged": [], "dirs": doc["dirs"] if staging else []}
 
     def _write(self, doc: Dict[str, Any]) -> None:
-        for path in missing_folders(self.path.parent):
-            path.mkdir(mode=0o755)
-            self._created.append(path)
-        os.chmod(self.path.parent, 0o700)
-        tmp = self._tmp
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(doc, handle, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        self._make_folder()
+        data = (_canonical({"format": JOURNAL_FORMAT, **doc}) + "\n").encode("utf-8")
+        fd = open_new(self._tmp, 0o600)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self._tmp, self.path)
         if self.durable:
             _fsync_dir(self.path.parent)
 
+    def _make_folder(self) -> None:
+        folder = self.path.parent
+        if not folder.exists():
+            for target in _missing(self.fs, STATE_DIR):
+                self.fs.host(target).mkdir(mode=0o755)
+                self._created.append(target)
+            self.fs.forget()
+        os.chmod(self.path.parent, 0o700)
+
     def begin_staging(self, staged: List[str], dirs: List[str]) -> None:
-        """Record what staging may leave behind, before it writes anything."""
+        """Record what staging may leave behind (targets, and the folders it may create)."""
         self._write({"state": "staging", "staged": staged, "dirs": dirs})
 
     def discard(self) -> None:
         """Drop a staging journal whose files were already removed (or never written)."""
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        remove_file(self.path)
         for folder in reversed(self._created):
             with contextlib.suppress(OSError):
-                folder.rmdir()
+                self.fs.host(folder).rmdir()
         self._created.clear()
 
     def commit(self, change: Change) -> None:
         """Back up, apply, keep the previous generation; resumable at every step."""
-        doc = {"state": "backup", "change": asdict(change)}
+        doc = _checked({"state": "backup", "change": asdict(change)}, self)
         self._write(doc)
         self._finish(doc)
 
@@ -119,25 +159,31 @@ class Journal:
 
     def _unstage(self, doc: Dict[str, Any]) -> None:
         for staged in doc.get("staged", []):
-            with contextlib.suppress(FileNotFoundError):
-                Path(staged).unlink()
+            remove_file(self.fs.host(staged))
         for journal in (self._tmp, self.path):  # a commit's first journal may be half-written
-            with contextlib.suppress(FileNotFoundError):
-                journal.unlink()
+            remove_file(journal)
         for folder in reversed(doc.get("dirs", [])):  # the journal's own folder among them
-            with contextlib.suppress(OSError):
-                Path(folder).rmdir()
+            try:
+                self.fs.host(folder).rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                self.leftover_dirs.append(folder)
+        self.fs.forget()
 
     def _finish(self, doc: Dict[str, Any]) -> None:
         change = Change(**{k: _tuples(k, v) for k, v in doc["change"].items()})
-        if doc["state"] == "backup":
-            self._backup(change)
-            doc["state"] = "apply"
-            self._write(doc)
-        self._apply(change)
-        self._keep_previous(change)
-        if self.durable:  # what changed is on disk before the journal that replays it goes
-            self._fsync_folders(change)
+        try:
+            if doc["state"] == "backup":
+                self._backup(change)
+                doc["state"] = "apply"
+                self._write(doc)
+            self._apply(change)
+            self._keep_previous(change)
+            if self.durable:  # what changed is on disk before the journal that replays it goes
+                self._fsync_folders(change)
+        except OSError as exc:
+            raise host_error(exc, "finish the change under", self.fs.root) from None
         self.path.unlink()
 
     def _fsync_folders(self, change: Change) -> None:
@@ -146,11 +192,12 @@ class Journal:
         changed = [t for _, t in change.moves] + change.removals + change.unlinks
         changed += [path for path, _ in change.links]
         folders: Set[Path] = set()
+        root = self.fs.root
         for target in changed:
             folder = self.host(target).parent
-            while folder not in folders and folder != self.root.parent and folder.exists():
+            while folder not in folders and folder != root.parent and folder.exists():
                 folders.add(folder)
-                if folder == self.root:
+                if folder == root:
                     break
                 folder = folder.parent
         for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
@@ -159,41 +206,133 @@ class Journal:
     def _backup(self, change: Change) -> None:
         if not change.backups:  # nothing replaced: the kept previous generation stays as it is
             return
-        folder = self.host(_NEXT_PREVIOUS)
-        if not folder.exists():
-            folder.mkdir(parents=True, mode=0o700)
         for target in change.backups:
-            current, kept = self.host(target), folder / "files" / target.lstrip("/")
+            current, kept = self.host(target), self.host(incoming_copy(target))
             if current.is_file() and not current.is_symlink() and not kept.exists():
-                _keep(current, kept)
+                self._make_parents(incoming_copy(target))
+                _keep(self.host(target), self.host(incoming_copy(target)))
+
+    def _make_parents(self, target: str) -> None:
+        for folder in _missing(self.fs, os.path.dirname(target)):
+            self.fs.host(folder).mkdir(mode=0o700)
+        self.fs.forget()
 
     def _apply(self, change: Change) -> None:
         for source, target in change.moves:
-            if Path(source).exists():
-                final = self.host(target)
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(source, final)
+            staged = self.host(source)
+            if os.path.lexists(staged):
+                self._make_parents(target)
+                os.replace(staged, self.host(target))
         for target in [*change.removals, *change.unlinks]:
-            with contextlib.suppress(FileNotFoundError):
-                self.host(target).unlink()
+            remove_file(self.host(target))
         for path, link_target in change.links:
-            _symlink(self.host(path), link_target)
+            self._make_parents(path)
+            _symlink(self.host(path), self.host(staged_name(path)), link_target)
 
     def _keep_previous(self, change: Change) -> None:
-        previous, incoming = self.host(PREVIOUS_DIR), self.host(_NEXT_PREVIOUS)
+        previous, incoming = self.host(PREVIOUS_DIR), self.host(NEXT_PREVIOUS_DIR)
         if not change.keep_previous:
             shutil.rmtree(incoming, ignore_errors=True)
             shutil.rmtree(previous, ignore_errors=True)
             return
-        if incoming.exists():
+        if os.path.isdir(incoming) and not os.path.islink(incoming):
             shutil.rmtree(previous, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                remove_file(previous)  # a link or file planted where the folder goes
             os.replace(incoming, previous)
+
+
+def _checked(doc: Any, journal: Journal) -> Dict[str, Any]:
+    """The journal document, once every path in it is one k3bundle could have written."""
+    where = journal.path
+
+    def refuse(what: str) -> JournalError:
+        return JournalError(f"{where} {what}", _repair(where))
+
+    if not isinstance(doc, dict) or doc.get("format", JOURNAL_FORMAT) != JOURNAL_FORMAT:
+        raise refuse("is not a k3bundle journal")
+    state = doc.get("state")
+    if state == "staging":
+        staged, dirs = _texts(doc.get("staged"), refuse), _texts(doc.get("dirs"), refuse)
+        for path in staged:
+            target = _unstaged(path)
+            if not placeable_file(target) or staged_name(target) != path:
+                raise refuse(f"names {path!r}, which no install stages")
+        for folder in dirs:
+            if not placeable_folder(folder):
+                raise refuse(f"names the folder {folder!r}, which no install creates")
+        return {"state": state, "staged": staged, "dirs": dirs}
+    if state not in ("backup", "apply") or not isinstance(doc.get("change"), dict):
+        raise refuse(f"has the unknown state {state!r}")
+    return {"state": state, "change": _checked_change(doc["change"], refuse)}
+
+
+def _checked_change(
+    change: Dict[str, Any], refuse: Callable[[str], JournalError]
+) -> Dict[str, Any]:
+    keys = {"moves", "removals", "links", "unlinks", "backups", "keep_previous"}
+    if set(change) != keys or not isinstance(change["keep_previous"], bool):
+        raise refuse("holds a change of the wrong shape")
+    for source, target in _pairs(change["moves"], refuse):
+        if not placeable_file(target) or source not in (staged_name(target), kept_copy(target)):
+            raise refuse(f"moves {source!r} over {target!r}, which no install does")
+    for key in ("removals", "backups"):
+        if not all(placeable_file(p) for p in _texts(change[key], refuse)):
+            raise refuse(f"lists {key} that k3bundle never placed")
+    for path, target in _pairs(change["links"], refuse):
+        if not placeable_link(path, target):
+            raise refuse(f"makes the link {path!r} -> {target!r}, which no install makes")
+    if not all(_link_path(p) for p in _texts(change["unlinks"], refuse)):
+        raise refuse("removes links that k3bundle never made")
+    return change
+
+
+def _texts(value: Any, refuse: Callable[[str], JournalError]) -> List[str]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise refuse("holds a list that is not a list of texts")
+    return list(value)
+
+
+def _pairs(value: Any, refuse: Callable[[str], JournalError]) -> List[Tuple[str, str]]:
+    items = value if isinstance(value, (list, tuple)) else [None]
+    if not all(isinstance(v, (list, tuple)) and len(v) == 2 for v in items):
+        raise refuse("holds pairs of the wrong shape")
+    return [(a, b) for a, b in (_texts(v, refuse) for v in items)]
+
+
+def _link_path(path: str) -> bool:
+    unit = f"{SYSTEMD_DIR}/{os.path.basename(path)}"
+    return placeable_link(path, "k3s") or placeable_link(path, unit)
+
+
+def _unstaged(path: str) -> str:
+    """The target a staged name stands for (`/a/.b.k3bundle-tmp` -> `/a/b`)."""
+    folder, name = os.path.split(path)
+    if not (name.startswith(".") and name.endswith(STAGED_SUFFIX)):
+        return ""
+    return f"{folder}/{name[1 : -len(STAGED_SUFFIX)]}"
+
+
+def _repair(where: Path) -> str:
+    return (
+        f"k3bundle did not write {where} as it is now. Check the installation with 'k3bundle "
+        f"status', then move the journal away (nothing has been changed)."
+    )
+
+
+def _missing(fs: RootFS, folder: str) -> List[str]:
+    """`folder` and its ancestors (target paths) that do not exist yet, outermost first."""
+    missing: List[str] = []
+    while folder not in ("/", "") and not os.path.lexists(fs.host(folder)):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing[::-1]
 
 
 def missing_folders(folder: Path) -> List[Path]:
     """`folder` and its ancestors that do not exist yet, outermost first."""
     missing: List[Path] = []
-    while not folder.exists():
+    while not os.path.lexists(folder):
         missing.append(folder)
         folder = folder.parent
     return missing[::-1]
@@ -205,31 +344,36 @@ def _tuples(key: str, value: Any) -> Any:
     return value
 
 
+def _canonical(doc: Dict[str, Any]) -> str:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _keep(current: Path, kept: Path) -> None:
     """Keep a file's current content at `kept`: a hard link when possible, else a copy."""
-    kept.parent.mkdir(parents=True, exist_ok=True)
     tmp = kept.with_name(kept.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
+    remove_file(tmp)
     try:
-        os.link(current, tmp)
+        os.link(current, tmp, follow_symlinks=False)
     except OSError:
-        shutil.copy2(current, tmp)
+        shutil.copy2(current, tmp, follow_symlinks=False)
     os.replace(tmp, kept)
 
 
-def _symlink(path: Path, target: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.k3bundle-tmp")
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
+def _symlink(path: Path, tmp: Path, target: str) -> None:
+    remove_file(tmp)
     os.symlink(target, tmp)
     os.replace(tmp, path)
 
 
-def previous_file(root: str, target: str) -> Path:
+def previous_file(fs: RootFS, target: str) -> Path:
     """Where the previous generation keeps its copy of `target`."""
-    return Path(root) / PREVIOUS_DIR.lstrip("/") / "files" / target.lstrip("/")
+    return fs.host(kept_copy(target))
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -155,7 +155,7 @@ def test_zipapp_interpreter_sees_no_third_party_package(stdlib_python: Interpret
 def test_zipapp_help_lists_every_command(stdlib_python: Interpreter, pyz: Path) -> None:
     done = run(stdlib_python.command(str(pyz), "--help"))
     assert done.returncode == 0, done.stderr
-    assert "{install,verify,inspect,status,rollback,uninstall}" in done.stdout
+    assert "{install,verify,inspect,status,recover,rollback,uninstall}" in done.stdout
     assert "exit codes:" in done.stdout
 
 

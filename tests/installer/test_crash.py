@@ -180,7 +180,7 @@ def previous_tree(root: Path) -> Tree:
 
 
 def status_of(root: Path) -> Dict[str, Any]:
-    """`status --root ROOT --json` (it recovers first), without the root's own name."""
+    """`status --root ROOT --json`, without the root's own name."""
     result = run_installer("status", "--root", str(root), "--json")
     summary: Dict[str, Any] = json.loads(result.stdout)
     assert result.returncode == (0 if summary["installed"] is False or summary["intact"] else 9)
@@ -203,13 +203,19 @@ def staged_leftovers(root: Path) -> List[str]:
 
 
 def check_after_kill(scenario: Scenario, root: Path, where: str) -> str:
-    """Recover through `status`, demand exactly the old or the new state, then install again."""
+    """`status` only reports, `recover` finishes or undoes; then demand exactly the old or the
+    new state, and install again."""
     pending = journal_state(root)
-    crashed = tree(root)
-    if pending is None:  # no journal: nothing to finish, so the disk must already be one state
-        assert crashed in (scenario.old.tree, scenario.new.tree), (where, "no journal", crashed)
-    summary = status_of(root)  # recovers first
+    before = snapshot(root)
+    seen = run_installer("status", "--root", str(root), "--json")
+    assert snapshot(root) == before, (where, "status is read-only")
+    assert ("interrupted" in json.loads(seen.stdout)) == (pending is not None), (where, pending)
+    recovered = run_installer("recover", "--root", str(root))
+    assert recovered.returncode == 0, (where, recovered.stderr)
+    summary = status_of(root)
     state = tree(root)
+    if pending is None:  # no journal: nothing to finish (recover removes only a lone lock file)
+        assert state in (scenario.old.tree, scenario.new.tree), (where, "no journal", state)
     matches = [e for e in (scenario.old, scenario.new) if e.tree == state]
     assert len(matches) == 1, (where, pending, _diff(state, scenario.old.tree, scenario.new.tree))
     landed = matches[0]
@@ -437,9 +443,11 @@ def test_a_first_journal_cut_off_before_its_rename_is_cleaned_up(tmp_path: Path)
     'unwritten' case, also without strace): the next command removes it and its folders."""
     state = tmp_path / STATE
     state.mkdir(parents=True)
-    dirs = [str(tmp_path / "var"), str(tmp_path / "var/lib"), str(state)]
+    dirs = ["/var", "/var/lib", "/var/lib/k3bundle"]  # target paths, as journals hold them
     (state / "journal.json.tmp").write_text(
-        json.dumps({"state": "staging", "staged": [], "dirs": dirs})
+        json.dumps({"state": "staging", "staged": [], "dirs": dirs}) + "\n"
     )
+    assert "interrupted" in status_of(tmp_path)
+    assert run_installer("recover", "--root", str(tmp_path)).returncode == 0
     assert status_of(tmp_path) == {"installed": False}
     assert snapshot(tmp_path) == {}

@@ -12,6 +12,7 @@ import pytest
 
 from k3bundle.installer.destination import HostDestination
 from k3bundle.installer.errors import InstallError, IntegrityError
+from k3bundle.installer.layout import staged_name
 from k3bundle.installer.manifest import Entry
 from k3bundle.installer.plan import Link, Placement
 from k3bundle.installer.sources import VerifyingStream
@@ -43,10 +44,10 @@ def root(tmp_path: Path) -> Path:
 
 def commit(dest: HostDestination, targets: Sequence[str], links: Sequence[Link] = ()) -> None:
     """Commit staged targets and links through the root's journal, as an install does."""
-    moves = [(str(dest.staged_path(target)), target) for target in targets]
+    moves = [(staged_name(target), target) for target in targets]
     backups = [target for target in targets if dest.path(target).exists()]
     change = Change(moves, [], [(link.path, link.target) for link in links], [], backups)
-    Journal(str(dest.root)).commit(change)
+    Journal(dest.fs).commit(change)
 
 
 def tmp_files(root: Path) -> List[Path]:
@@ -195,11 +196,12 @@ def test_stage_reports_progress_in_bytes(root: Path) -> None:
     assert sum(seen) == len(DATA)
 
 
-def test_read_json_returns_none_for_missing_or_broken_files(root: Path) -> None:
+def test_read_json_is_none_for_a_missing_file_and_refuses_a_broken_one(root: Path) -> None:
     dest = HostDestination(str(root))
     assert dest.read_json("/var/lib/k3bundle/record.json") is None
     (root / "etc/broken.json").write_text("{not json")
-    assert dest.read_json("/etc/broken.json") is None
+    with pytest.raises(InstallError, match=r"broken\.json is not valid JSON"):
+        dest.read_json("/etc/broken.json")
     (root / "etc/good.json").write_text('{"bundle_id": "x"}')
     assert dest.read_json("/etc/good.json") == {"bundle_id": "x"}
 
@@ -215,11 +217,11 @@ def test_missing_dirs_lists_folders_to_create_parents_first_once(root: Path) -> 
     dest = HostDestination(str(root))
     targets = ["/usr/local/bin/k3s", "/usr/local/bin/kubectl", "/etc/rancher/k3s/config.yaml"]
     assert dest.missing_dirs(targets) == [
-        str(root / "usr"),
-        str(root / "usr/local"),
-        str(root / "usr/local/bin"),
-        str(root / "etc/rancher"),
-        str(root / "etc/rancher/k3s"),
+        "/usr",
+        "/usr/local",
+        "/usr/local/bin",
+        "/etc/rancher",
+        "/etc/rancher/k3s",
     ]
     assert dest.missing_dirs(["/etc/hostname"]) == []
 

@@ -20,6 +20,7 @@ from k3bundle.installer.plan import (
     plan_install,
     target_of,
 )
+from k3bundle.installer.record import Record, parse_record
 
 BUNDLE_ID = "ab" * 32
 IMAGES = "/var/lib/rancher/k3s/agent/images"
@@ -58,7 +59,7 @@ def plan(
     source: Manifest = FULL,
     arch: str = "amd64",
     existing: Optional[Set[str]] = None,
-    previous: Optional[Mapping[str, Any]] = None,
+    previous: Optional[Record] = None,
     bundle_id: str = BUNDLE_ID,
     **options: Any,
 ) -> Plan:
@@ -305,7 +306,7 @@ def test_record_sha256_of_generated_file_is_of_its_content() -> None:
 
 
 def test_record_names_the_previous_bundle_when_upgrading() -> None:
-    old = {"bundle_id": "cd" * 32, "k3s_version": "v1.30.0+k3s1", "previous": {"bundle_id": "x"}}
+    old = Record("cd" * 32, "v1.30.0+k3s1", "amd64", "server", previous={"bundle_id": "x"})
     assert record_of(plan(previous=old))["previous"] == {
         "bundle_id": "cd" * 32,
         "k3s_version": "v1.30.0+k3s1",
@@ -314,13 +315,13 @@ def test_record_names_the_previous_bundle_when_upgrading() -> None:
 
 def test_record_keeps_the_earlier_previous_when_reinstalling_the_same_bundle() -> None:
     earlier = {"bundle_id": "cd" * 32, "k3s_version": "v1.30.0+k3s1"}
-    old = {"bundle_id": BUNDLE_ID, "k3s_version": "v1.31.4+k3s1", "previous": earlier}
+    old = Record(BUNDLE_ID, "v1.31.4+k3s1", "amd64", "server", previous=earlier)
     assert record_of(plan(previous=old))["previous"] == earlier
 
 
 def test_record_of_reinstall_is_identical_to_the_first_one() -> None:
     first = plan()
-    again = plan(previous=record_of(first))
+    again = plan(previous=parse_record(first.files[-1].content or b"", "the record"))
     assert again.files[-1].content == first.files[-1].content
 
 
