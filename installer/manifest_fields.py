@@ -17,7 +17,6 @@ MANIFEST_NAME = "k3bundle.json"
 SIGNATURE_NAME = "k3bundle.json.sig"
 MAX_ENTRY_SIZE = 1 << 50  # 1 PiB: far above any k3s payload, far below what breaks arithmetic
 MAX_PATH = 1024
-MAX_COMPONENT = 255  # NAME_MAX on Linux filesystems
 MAX_TEXT = 4096
 # The installer stages files as `.NAME.k3bundle-tmp...`: a member named like that could collide.
 STAGING_MARK = ".k3bundle-tmp"
@@ -25,7 +24,7 @@ STAGING_MARK = ".k3bundle-tmp"
 K3S_VERSION = re.compile(r"v[0-9]+\.[0-9]+\.[0-9]+(?:-(?:alpha|beta|rc)[0-9]+)?\+k3s[0-9]+", re.A)
 SHA256 = re.compile(r"[0-9a-f]{64}", re.A)
 MODE = re.compile(r"[0-7]{3,4}", re.A)
-_SAFE_PATH = re.compile(r"[A-Za-z0-9._+-]+(?:/[A-Za-z0-9._+-]+)*", re.A)
+_SAFE_PATH = re.compile(r"[A-Za-z0-9._+-]{1,255}(?:/[A-Za-z0-9._+-]{1,255})*", re.A)  # NAME_MAX
 # inspect prints these strings to a terminal: no escape sequences, no line breaks.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -107,12 +106,12 @@ def check_member_path(path: str) -> str:
     """Refuse absolute, `..`, `.`, empty, unusual or staging-like member paths; return the path."""
     if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path:
         raise FormatError(f"bundle member {path!r} has an absolute or malformed path")
-    parts = path.split("/")
-    if ".." in parts:
+    framed = f"/{path}/"  # string tests instead of a split: this runs once per entry
+    if "/../" in framed:
         raise FormatError(f"bundle member {path!r} leaves the bundle (a '..' path)")
-    if len(path) > MAX_PATH or any(len(part) > MAX_COMPONENT for part in parts):
+    if len(path) > MAX_PATH:
         raise FormatError(f"bundle member {path[:80]!r}... has a name longer than allowed")
-    bad = "." in parts or not _SAFE_PATH.fullmatch(path) or path in (MANIFEST_NAME, SIGNATURE_NAME)
-    if bad or any(STAGING_MARK in part for part in parts):
-        raise FormatError(f"bundle member {path!r} has a name k3bundle/v1 does not allow")
+    bad = "/./" in framed or STAGING_MARK in path or not _SAFE_PATH.fullmatch(path)
+    if bad or path in (MANIFEST_NAME, SIGNATURE_NAME):
+        raise FormatError(f"bundle member {path[:300]!r} has a name k3bundle/v1 does not allow")
     return path
