@@ -4,7 +4,7 @@ double-quoted ones, and the folding and chomping of block scalars (| and >)."""
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 _INT = re.compile(r"[-+]?[0-9]+")
 _INT_BASE = re.compile(r"0o[0-7]+|0x[0-9a-fA-F]+")
@@ -22,6 +22,7 @@ _CONSTANTS: Dict[str, Any] = {
 }
 ESCAPES = dict(zip('0abtnvfre "/\\N_LP\t', '\0\a\b\t\n\v\f\r\x1b "/\\\x85\xa0\u2028\u2029\t'))
 HEX_WIDTH = {"x": 2, "u": 4, "U": 8}
+_HEX = re.compile(r"[0-9a-fA-F]+", re.ASCII)
 
 
 def resolve(text: str) -> Any:
@@ -35,6 +36,23 @@ def resolve(text: str) -> Any:
     if _INT_BASE.fullmatch(text):
         return int(text[2:], 8 if text[1] == "o" else 16)
     return float(text) if _FLOAT.fullmatch(text) else text
+
+
+def unescape(line: str, i: int) -> Optional[Tuple[str, int]]:
+    """The character a double-quote escape at `i` (after the backslash) stands for, and the
+    index after it; None for an unknown escape. A JSON surrogate pair is one character."""
+    if line[i] in ESCAPES:
+        return ESCAPES[line[i]], i + 1
+    width = HEX_WIDTH.get(line[i], 0)
+    digits = line[i + 1 : i + 1 + width]
+    if not width or len(digits) != width or not _HEX.fullmatch(digits):
+        return None
+    code, i = int(digits, 16), i + 1 + width
+    low = line[i + 2 : i + 6] if line[i : i + 2] == "\\u" else ""
+    pair = 0xD800 <= code < 0xDC00 and len(low) == 4 and _HEX.fullmatch(low)
+    if pair and 0xDC00 <= int(low, 16) < 0xE000:
+        return chr(0x10000 + ((code - 0xD800) << 10) + int(low, 16) - 0xDC00), i + 6
+    return chr(code), i
 
 
 def fold(lines: List[str]) -> str:
