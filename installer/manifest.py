@@ -133,7 +133,7 @@ def parse(data: bytes) -> Manifest:
         raise FormatError(f"{MANIFEST_NAME} is not a JSON object")
     _check_format(doc.get("format"))
     arches = _parse_arches(doc)
-    items = fields.objects(fields.array(doc, "files", MANIFEST_NAME), "files")
+    items = fields.objects(fields.array(doc, "files", MANIFEST_NAME), f"{MANIFEST_NAME}: files")
     entries = tuple(_parse_entry(item, arches) for item in items)
     _check_unique(entries)
     known = {"format", "k3s_version", "architectures", "files", "install"}
@@ -198,16 +198,23 @@ def _parse_install(doc: Mapping[str, Any]) -> Dict[str, Any]:
 
 def _check_summaries(extra: Mapping[str, Any]) -> None:
     """The optional `images` and `charts` summaries, which inspect prints."""
-    for image in fields.objects(fields.optional_array(extra, "images", MANIFEST_NAME), "images"):
-        for key in ("name", "digest"):
-            fields.text(image, key, f"{MANIFEST_NAME}: images[]")
-        fields.integer(image, "size", f"{MANIFEST_NAME}: images[]")
-        arches: List[Any] = fields.array(image, "arches", f"{MANIFEST_NAME}: images[]")
-        if not all(isinstance(a, str) and a in ARCHES for a in arches):
-            raise FormatError(f"{MANIFEST_NAME}: images[] names an unknown architecture")
-    for chart in fields.objects(fields.optional_array(extra, "charts", MANIFEST_NAME), "charts"):
+    for image in _summaries(extra, "images"):
+        where = f"{MANIFEST_NAME}: images[]"
+        fields.text(image, "name", where)
+        fields.text(image, "digest", where)
+        fields.integer(image, "size", where)
+        if not all(
+            isinstance(a, str) and a in ARCHES for a in fields.array(image, "arches", where)
+        ):
+            raise FormatError(f"{where} names an unknown architecture")
+    for chart in _summaries(extra, "charts"):
         for key in ("name", "version", "namespace"):
             fields.text(chart, key, f"{MANIFEST_NAME}: charts[]")
+
+
+def _summaries(extra: Mapping[str, Any], key: str) -> List[Dict[str, Any]]:
+    items = fields.optional_array(extra, key, MANIFEST_NAME)
+    return fields.objects(items, f"{MANIFEST_NAME}: {key}")
 
 
 def _check_unique(entries: Tuple[Entry, ...]) -> None:

@@ -169,3 +169,45 @@ def test_verify_without_a_trusted_key_is_refused(tmp_path: Path, key: KeyFiles) 
     done = run_k3bundle("verify", str(bundle), "--root", str(tmp_path / "empty-root"))
     assert done.returncode == 5
     assert "--pubkey" in done.stderr
+
+
+def _bundle_with(folder: Path, signer: KeyFiles, **fields: Any) -> Path:
+    """A signed amd64 bundle whose manifest carries `fields` (install=..., extra=...)."""
+    payload = make_payload(folder / "payload", ("amd64",), image_size=1024)
+    entries = tuple(entry for _, entry in payload.values())
+    manifest = Manifest(VERSION, ("amd64",), entries, **fields)
+    files = {path: local for path, (local, _) in payload.items()}
+    out = write_bundle(folder / "bundle.tar", manifest, files, keys.load_signer(signer.private))
+    return out.files[0]
+
+
+def test_inspect_text_lists_images_and_charts_of_the_manifest(
+    tmp_path: Path, key: KeyFiles
+) -> None:
+    images = [{"name": "docker.io/library/nginx:1.27", "digest": "sha256:" + "a" * 64,
+               "arches": ["amd64"], "size": 2048}]  # fmt: skip
+    charts = [{"name": "podinfo", "version": "6.7.0", "namespace": "apps"}]
+    bundle = _bundle_with(tmp_path, key, extra={"images": images, "charts": charts})
+    done = run_k3bundle("inspect", str(bundle))
+    assert done.returncode == 0, done.stderr
+    assert "image:         docker.io/library/nginx:1.27 (amd64, 2.0 KiB)" in done.stdout
+    assert "chart:         podinfo 6.7.0 -> namespace apps" in done.stdout
+
+
+WRONG_SHAPES = {
+    "images-int": {"extra": {"images": 5}},
+    "charts-of-ints": {"extra": {"charts": [1]}},
+    "image-without-name": {"extra": {"images": [{"digest": "d", "arches": [], "size": 1}]}},
+    "config-list": {"install": {"config": []}},
+    "registries-string": {"install": {"registries": "mirror"}},
+}
+
+
+@pytest.mark.parametrize("fields", WRONG_SHAPES.values(), ids=WRONG_SHAPES.keys())
+def test_inspect_and_verify_refuse_wrong_manifest_shapes_with_exit_3(
+    tmp_path: Path, key: KeyFiles, fields: Dict[str, Any]
+) -> None:
+    bundle = _bundle_with(tmp_path, key, **fields)
+    for done in (run_k3bundle("inspect", str(bundle)), _verify(bundle, key)):
+        assert done.returncode == 3, done.stderr
+        assert done.stderr.startswith("Error: k3bundle.json") and "Traceback" not in done.stderr

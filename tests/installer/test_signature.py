@@ -15,7 +15,7 @@ import pytest
 
 from k3bundle.bundler import keys
 from k3bundle.bundler.writer import write_bundle
-from k3bundle.installer.errors import TrustError
+from k3bundle.installer.errors import FormatError, TrustError
 from k3bundle.installer.manifest import MANIFEST_NAME, SIGNATURE_NAME, parse
 from k3bundle.installer.signature import (
     Signature,
@@ -203,3 +203,43 @@ def test_verify_openssl_without_openssl_says_what_to_install(
 def test_parse_signature_round_trips_the_member(key: KeyFiles) -> None:
     signature = keys.load_signer(key.private)(b"m")
     assert parse_signature(signature.to_bytes()) == signature
+
+
+GOOD_ID = "sha256:" + "ab" * 32
+GOOD_VALUE = base64.b64encode(bytes(64)).decode()
+HOSTILE_SIGNATURES = {
+    "a-list": (b"[]", "not a JSON object"),
+    "nested": (b"[" * 100_000 + b"]" * 100_000, "larger than 65536"),
+    "nested-small": (b"[" * 1000 + b"]" * 1000, "nests deeper"),
+    "not-utf8": (b'{"algorithm":"\xff"}', "not UTF-8"),
+    "algorithm-int": (b'{"algorithm":1}', "algorithm 'int'"),
+    "algorithm-rsa": (b'{"algorithm":"rsa"}', "algorithm 'rsa'"),
+    "key-id-int": (b'{"algorithm":"ed25519","key_id":1,"signature":""}', "key_id"),
+    "key-id-newline": (
+        json.dumps({"algorithm": "ed25519", "key_id": GOOD_ID + "\n", "signature": GOOD_VALUE}),
+        "key_id",
+    ),
+    "signature-list": (
+        json.dumps({"algorithm": "ed25519", "key_id": GOOD_ID, "signature": []}),
+        "64 base64 bytes",
+    ),
+    "signature-short": (
+        json.dumps({"algorithm": "ed25519", "key_id": GOOD_ID, "signature": "AAAA"}),
+        "64 base64 bytes",
+    ),
+    "signature-non-ascii": (
+        json.dumps({"algorithm": "ed25519", "key_id": GOOD_ID, "signature": "é" * 88}),
+        "64 base64 bytes",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"), HOSTILE_SIGNATURES.values(), ids=HOSTILE_SIGNATURES.keys()
+)
+def test_hostile_signature_member_is_a_format_error(data: object, expected: str) -> None:
+    raw = data.encode() if isinstance(data, str) else data
+    assert isinstance(raw, bytes)
+    with pytest.raises(FormatError) as caught:
+        parse_signature(raw)
+    assert expected in caught.value.message and caught.value.exit_code == 3
