@@ -36,7 +36,7 @@ from .jsondoc import load_json
 from .layout import LINKED_COMMANDS, RECORD_PATH, staged_name
 from .plan import Link, Placement
 from .record import MAX_RECORD_BYTES, Record, parse_record
-from .rootfs import RootFS, is_dir_no_follow, open_new, read_file, remove_file
+from .rootfs import RootFS, is_dir_no_follow, make_folders, open_new, read_file, remove_file
 
 MAX_STATE_BYTES = 16 * 1024 * 1024  # env files and the --config copy k3bundle keeps
 SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
@@ -58,7 +58,7 @@ class HostDestination:
         self.fs = RootFS(root)
         self.root = self.fs.root
         self._staged: List[Staged] = []
-        self._created_dirs: List[str] = []
+        self._created_dirs: List[Path] = []  # host folders staging made, outermost first
 
     def path(self, target: str) -> Path:
         """The host path of an absolute target path, its folders resolved beneath the root."""
@@ -237,19 +237,12 @@ class HostDestination:
         self._staged.clear()
         for folder in reversed(self._created_dirs):
             with contextlib.suppress(OSError):  # not empty: something else lives there now
-                self.path(folder).rmdir()
+                folder.rmdir()
         self._created_dirs.clear()
         self.fs.forget()
 
     def _make_dirs(self, folder: str) -> None:
-        for target in self.missing_dirs([f"{folder}/x"]):
-            path = self.path(target)
-            try:
-                path.mkdir(mode=0o755)
-            except OSError as exc:
-                raise host_error(exc, "create", path) from None
-            self._created_dirs.append(target)
-            self.fs.forget()
+        self._created_dirs.extend(make_folders(self.fs, folder))
 
 
 def _shifted(published: Progress, base: int) -> Progress:

@@ -22,7 +22,7 @@ from typing import Callable, Iterator, List, Optional
 from .errors import InstallError, K3BundleError, host_error
 from .jsondoc import load_json
 from .layout import LOCK_PATH, STATE_DIR, placeable_folder
-from .rootfs import RootFS
+from .rootfs import RootFS, make_folders
 
 Report = Callable[[str], None]
 
@@ -124,18 +124,11 @@ class HostLock:
             except OSError as exc:
                 raise host_error(exc, "create", self.fs.root) from None
             self.made_root = True
-        parts = STATE_DIR.strip("/").split("/")
-        for depth in range(1, len(parts) + 1):
-            target = "/" + "/".join(parts[:depth])
-            folder = self.fs.host(target)
-            try:
-                folder.mkdir(mode=0o700 if target == STATE_DIR else 0o755)
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                raise host_error(exc, "create", folder) from None
-            self.created.append(target)
-            self.fs.forget()
+        made = make_folders(self.fs, STATE_DIR)
+        if made:
+            os.chmod(made[-1], 0o700)
+        targets = [f"/{p.relative_to(self.fs.root)}" for p in made]
+        self.created += [t for t in targets if placeable_folder(t)]  # not those behind a link
 
     def _still_ours(self, fd: int) -> bool:
         try:

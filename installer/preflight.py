@@ -44,7 +44,7 @@ def check_foreign(fs: RootFS, previous: Optional[Record], adopt: bool) -> None:
     """Refuse to overwrite a k3s that k3bundle did not install, unless --adopt."""
     if previous is not None or adopt:
         return
-    found = [p for p in _foreign_files(fs) if p.exists() or p.is_symlink()]
+    found = [p for p in _foreign_files(fs) if p.is_file() or p.is_symlink()]
     if found:
         shown = ", ".join(fs.shown(p) for p in found[:3])
         raise InstallError(

@@ -124,6 +124,23 @@ def _not_a_folder(path: Path, root: Path) -> InstallError:
     )
 
 
+def make_folders(fs: RootFS, target: str, mode: int = 0o755) -> List[Path]:
+    """Create the target folder where the root resolves it, and every missing folder on the way
+    there (a link inside the root may point at one not made yet); the new ones, outermost first."""
+    folder = fs.folder(target)
+    missing: List[Path] = []
+    while folder != fs.root and not os.path.lexists(folder):
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=mode)
+        except OSError as exc:
+            raise host_error(exc, "create", path) from None
+    fs.forget()
+    return missing[::-1]
+
+
 def open_new(path: Path, mode: int) -> int:
     """Create `path` for writing: never through a link, never an existing file (O_EXCL).
 

@@ -39,7 +39,7 @@ from .layout import (
     placeable_link,
     staged_name,
 )
-from .rootfs import RootFS, open_new, read_file, remove_file
+from .rootfs import RootFS, make_folders, open_new, read_file, remove_file
 
 JOURNAL_FORMAT = "k3bundle-journal/v1"
 MAX_JOURNAL_BYTES = 64 * 1024 * 1024
@@ -66,7 +66,7 @@ class Journal:
 
     def __init__(self, fs: RootFS, durable: bool = False) -> None:
         self.fs, self.durable = fs, durable
-        self._created: List[str] = []  # folders made for the journal, removed by discard()
+        self._created: List[Path] = []  # folders made for the journal, removed by discard()
         self.leftover_dirs: List[str] = []  # folders recovery could not remove yet (the lock's)
 
     @property
@@ -90,8 +90,7 @@ class Journal:
         data = read_file(self.path, MAX_JOURNAL_BYTES)
         if data is None:
             return self._unwritten()
-        if not data.endswith(b"\n"):  # cut off mid-write: the rename makes a whole one appear
-            return {"state": "staging", "staged": [], "dirs": []}
+        # Written whole and fsynced before its rename: a journal that does not parse is not ours.
         return _checked(load_json(data, str(self.path), JournalError, _repair(self.path)), self)
 
     def _unwritten(self) -> Optional[Dict[str, Any]]:
@@ -120,12 +119,7 @@ class Journal:
             _fsync_dir(self.path.parent)
 
     def _make_folder(self) -> None:
-        folder = self.path.parent
-        if not folder.exists():
-            for target in _missing(self.fs, STATE_DIR):
-                self.fs.host(target).mkdir(mode=0o755)
-                self._created.append(target)
-            self.fs.forget()
+        self._created.extend(make_folders(self.fs, STATE_DIR))
         os.chmod(self.path.parent, 0o700)
 
     def begin_staging(self, staged: List[str], dirs: List[str]) -> None:
@@ -137,7 +131,7 @@ class Journal:
         remove_file(self.path)
         for folder in reversed(self._created):
             with contextlib.suppress(OSError):
-                self.fs.host(folder).rmdir()
+                folder.rmdir()
         self._created.clear()
 
     def commit(self, change: Change) -> None:
@@ -213,9 +207,7 @@ class Journal:
                 _keep(self.host(target), self.host(incoming_copy(target)))
 
     def _make_parents(self, target: str) -> None:
-        for folder in _missing(self.fs, os.path.dirname(target)):
-            self.fs.host(folder).mkdir(mode=0o700)
-        self.fs.forget()
+        make_folders(self.fs, os.path.dirname(target), 0o700)
 
     def _apply(self, change: Change) -> None:
         for source, target in change.moves:
@@ -318,24 +310,6 @@ def _repair(where: Path) -> str:
         f"k3bundle did not write {where} as it is now. Check the installation with 'k3bundle "
         f"status', then move the journal away (nothing has been changed)."
     )
-
-
-def _missing(fs: RootFS, folder: str) -> List[str]:
-    """`folder` and its ancestors (target paths) that do not exist yet, outermost first."""
-    missing: List[str] = []
-    while folder not in ("/", "") and not os.path.lexists(fs.host(folder)):
-        missing.append(folder)
-        folder = os.path.dirname(folder)
-    return missing[::-1]
-
-
-def missing_folders(folder: Path) -> List[Path]:
-    """`folder` and its ancestors that do not exist yet, outermost first."""
-    missing: List[Path] = []
-    while not os.path.lexists(folder):
-        missing.append(folder)
-        folder = folder.parent
-    return missing[::-1]
 
 
 def _tuples(key: str, value: Any) -> Any:
