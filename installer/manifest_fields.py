@@ -103,7 +103,7 @@ def mode(doc: Mapping[str, Any], where: str) -> int:
 
 
 def check_member_path(path: str) -> str:
-    """Refuse absolute, `..`, `.`, empty, unusual or staging-like member paths; return the path."""
+    """Refuse absolute, `..`, hidden, empty, unusual or staging-like member paths; return it."""
     if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path:
         raise FormatError(f"bundle member {path!r} has an absolute or malformed path")
     framed = f"/{path}/"  # string tests instead of a split: this runs once per entry
@@ -111,7 +111,9 @@ def check_member_path(path: str) -> str:
         raise FormatError(f"bundle member {path!r} leaves the bundle (a '..' path)")
     if len(path) > MAX_PATH:
         raise FormatError(f"bundle member {path[:80]!r}... has a name longer than allowed")
-    bad = "/./" in framed or STAGING_MARK in path or not _SAFE_PATH.fullmatch(path)
+    # No hidden names: the installer's own files (staging names, the image cache .cache.json)
+    # start with '.', so a member named like one could take its place.
+    bad = "/." in framed or STAGING_MARK in path or not _SAFE_PATH.fullmatch(path)
     if bad or path in (MANIFEST_NAME, SIGNATURE_NAME):
         raise FormatError(f"bundle member {path[:300]!r} has a name k3bundle/v1 does not allow")
     return path

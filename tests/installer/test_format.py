@@ -257,7 +257,8 @@ def test_parse_accepts_setuid_modes_and_sizes_up_to_the_maximum() -> None:
 BAD_PATHS = [
     ".", "", "a/./b", "a//b", "amd64/", "amd64\\k3s", "a\0b", "a\nb", "a\tb", "a\x7fb",
     "amd64/.k3s.k3bundle-tmp", "amd64/.k3s.k3bundle-tmp-x1y2", "k3s.k3bundle-tmp",
-    "x" * 256, "./k3s", "amd64/..", "é/k3s",
+    "x" * 256, "./k3s", "amd64/..", "é/k3s", "amd64/.cache.json", ".hidden/k3s",
+    "amd64/k3s.k3bundle-tmp-1", "amd64/k3s\u200b",
 ]  # fmt: skip
 
 
