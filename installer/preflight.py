@@ -15,7 +15,7 @@ from .record import Record
 from .rootfs import RootFS, open_new, remove_file
 
 __all__ = ["ALT_BIN_DIR", "check_downgrade", "check_foreign", "check_space", "choose_bin_dir"]
-_VERSION = re.compile(r"v(\d+)\.(\d+)\.(\d+)(?:-(?:alpha|beta|rc)(\d+))?\+k3s(\d+)")
+_VERSION = re.compile(r"v([0-9]+)\.([0-9]+)\.([0-9]+)(?:-(?:alpha|beta|rc)([0-9]+))?\+k3s([0-9]+)")
 _MARGIN = 16 * 1024 * 1024  # room left for k3s itself and the journal
 
 
