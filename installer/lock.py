@@ -102,10 +102,11 @@ class HostLock:
         self._fd = None
 
     def _open(self, create: bool) -> Optional[int]:
-        flags = os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         if create:
             self._make_state_dir()
-            flags |= os.O_CREAT
+            flags |= os.O_CREAT | os.O_RDWR
+        # else O_RDONLY: flock needs no write access, and a reader may not have it
         try:
             return os.open(self.path, flags, 0o600)
         except FileNotFoundError:
