@@ -26,12 +26,6 @@ PAIRS = 12  # pairs of concurrent runs per test; each pair is two real installer
 
 
 @pytest.fixture(scope="module")
-def signer(tmp_path_factory: pytest.TempPathFactory) -> KeyFiles:
-    """The bundles' key."""
-    return make_keys(tmp_path_factory.mktemp("keys"))
-
-
-@pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory, signer: KeyFiles) -> Tuple[Path, Path]:
     """Two bundles of different k3s versions whose every file differs."""
     folder = tmp_path_factory.mktemp("bundles")
