@@ -8,10 +8,11 @@ from typing import List, Optional, Sequence, Set, Tuple
 
 from . import units
 from .destination import HostDestination
+from .errors import UsageError
 from .hashing import HashPool, truncated
 from .layout import IMAGE_CACHE, RECORD_PATH, SYSTEMD_DIR, USER_CONFIG, staged_name
 from .lock import HostLock, locked
-from .manifest import arch_from_machine, check_arch
+from .manifest import Manifest, arch_from_machine, check_arch
 from .plan import (
     HostSettings,
     Options,
@@ -22,6 +23,7 @@ from .plan import (
 )
 from .preflight import check_downgrade, check_foreign, check_space, choose_bin_dir
 from .progress import Progress, human_size
+from .record import Record
 from .service import Report, Runner, is_host_root, restart_commands, run_all, run_command
 from .sources import BundleSource, VerifyingStream
 from .transaction import Change, Journal
@@ -48,6 +50,27 @@ class Outcome:
 def host_arch(options: Options) -> str:
     """The architecture to install: --arch, else the machine's own."""
     return check_arch(options.arch) if options.arch else arch_from_machine(os.uname().machine)
+
+
+def choose_arch(
+    options: Options, manifest: Manifest, previous: Optional[Record], report: Report
+) -> str:
+    """--arch, else the installed generation's (an upgrade never switches silently), else the
+    machine's own."""
+    installed = previous.arch if previous is not None else None
+    if options.arch is None and installed:
+        if installed not in manifest.architectures:
+            carried = ", ".join(manifest.architectures)
+            raise UsageError(
+                f"k3s is installed for {installed} here and the bundle carries only {carried}",
+                f"Use a bundle built for {installed}, or pass --arch ARCH to change the "
+                "architecture of this host's k3s.",
+            )
+        return installed
+    arch = host_arch(options)
+    if installed and arch != installed:
+        report(f"note: --arch {arch} changes the installed architecture from {installed}")
+    return arch
 
 
 def install(
@@ -77,7 +100,7 @@ def _install(
     )
     with source:
         made_for_lock = list(lock.created) if lock is not None else []
-        plan, host = _plan(auth, options, dest, made_for_lock)
+        plan, host = _plan(auth, options, dest, made_for_lock, report)
         dest.check_placeable([*plan_targets(plan), *(link.path for link in plan.links)])
         current = {p.target for p in plan.files if dest.is_current(p)}
         check_space(dest.fs, [p for p in plan.files if p.target not in current])
@@ -124,7 +147,11 @@ def plan_targets(plan: Plan) -> List[str]:
 
 
 def _plan(
-    auth: Authenticated, options: Options, dest: HostDestination, made_for_lock: List[str]
+    auth: Authenticated,
+    options: Options,
+    dest: HostDestination,
+    made_for_lock: List[str],
+    report: Report,
 ) -> Tuple[Plan, HostSettings]:
     previous = dest.read_record()
     check_downgrade(previous, auth.manifest.k3s_version, options.allow_downgrade)
@@ -143,7 +170,7 @@ def _plan(
         auth.manifest,
         auth.bundle_id,
         options,
-        host_arch(options),
+        choose_arch(options, auth.manifest, previous, report),
         commands,
         previous,
         host,

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from .errors import InstallError
 from .jsondoc import load_json
 from .layout import BIN_DIRS, IMAGE_CACHE, placeable_file, placeable_folder, placeable_link
-from .manifest import KINDS, canonical_json
+from .manifest import ARCHES, KINDS, canonical_json
 
 RECORD_FORMAT = "k3bundle-record/v1"
 MAX_RECORD_BYTES = 64 * 1024 * 1024
@@ -123,7 +123,7 @@ def parse_record(data: bytes, where: str) -> Record:
     return Record(
         bundle_id=check.text(doc.get("bundle_id"), "bundle_id"),
         k3s_version=check.text(doc.get("k3s_version"), "k3s_version"),
-        arch=check.text(doc.get("arch"), "arch"),
+        arch=check.choice(doc.get("arch"), "arch", ARCHES),
         role=check.choice(doc.get("role"), "role", ("server", "agent")),
         options=options,
         files=tuple(check.file(item) for item in check.items(doc.get("files", []), "files")),
