@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Set, Tuple
 
@@ -29,6 +30,8 @@ from .sources import BundleSource, VerifyingStream
 from .transaction import Change, Journal
 from .verify import Authenticated, open_authenticated
 
+CHART_PREFIX = "k3bundle-"  # the bundler names chart manifests k3bundle-NAME.yaml (charts.py)
+
 
 @dataclass
 class Outcome:
@@ -38,13 +41,14 @@ class Outcome:
     arch: str
     service: str
     placed: List[str] = field(default_factory=list)
+    removed: List[str] = field(default_factory=list)
     unchanged: List[str] = field(default_factory=list)
     commands: List[List[str]] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
         """True when at least one file or link was (or would be) written."""
-        return bool(self.placed)
+        return bool(self.placed or self.removed)
 
 
 def host_arch(options: Options) -> str:
@@ -116,6 +120,7 @@ def _install(
             journal.discard()
             raise
     _describe(plan, current, dest, options, outcome, report)
+    _describe_removals(change, dest, options, outcome, report)
     if not options.dry_run:
         _commit(journal, change, dest, host)
     if outcome.changed and is_host_root(options.root):
@@ -276,6 +281,30 @@ def _describe(
         _note(outcome, report, dest.link_is_current(link), f"{verb_link} {line}", line)
     for entry in plan.skipped:
         report(f"skipped {entry.path} (not for this {plan.arch} {plan.service} host)")
+
+
+def _describe_removals(
+    change: Change, dest: HostDestination, options: Options, outcome: Outcome, report: Report
+) -> None:
+    """Every file and link the new generation no longer has, and what k3s keeps of a chart."""
+    verb = "would remove" if options.dry_run else "removed"
+    previous = dest.read_record()
+    kinds = {f.path: f.kind for f in previous.files} if previous is not None else {}
+    for path in [*change.removals, *change.unlinks]:
+        outcome.removed.append(path)
+        report(f"{verb} {path}")
+        if kinds.get(path) == "helmchart-manifest":
+            report(_release_note(path))
+
+
+def _release_note(manifest: str) -> str:
+    """k3s never deletes what a manifest deployed when the file goes (its AddOn stays)."""
+    name = posixpath.basename(manifest).rsplit(".", 1)[0]
+    name = name[len(CHART_PREFIX) :] if name.startswith(CHART_PREFIX) else name
+    return (
+        f"note: the chart {name} is no longer in the bundle; k3s keeps the deployed release "
+        f"until 'kubectl delete helmchart {name} -n kube-system' (helm then uninstalls it)"
+    )
 
 
 def _note(outcome: Outcome, report: Report, unchanged: bool, changed_line: str, line: str) -> None:

@@ -377,6 +377,24 @@ def test_uninstall_dry_run_lists_everything_and_changes_nothing(
     assert "would remove" in result.stdout
 
 
+def test_uninstall_purge_dry_run_names_what_purge_would_delete_and_changes_nothing(
+    bundles: Bundles, tmp_path: Path, signer: KeyFiles
+) -> None:
+    installed(bundles[0], tmp_path, signer)
+    (tmp_path / "var/lib/rancher/k3s/server/db").mkdir(parents=True)
+    (tmp_path / "var/lib/kubelet").mkdir(parents=True)
+    before = snapshot(tmp_path)
+    result = command("uninstall", "--root", str(tmp_path), "--dry-run", "--purge")
+    assert result.returncode == 0, result.stderr
+    purges = [line for line in result.stderr.splitlines() if "purge" in line]
+    assert purges == [
+        "would purge /etc/rancher/k3s",
+        "would purge /var/lib/rancher/k3s",
+        "would purge /var/lib/kubelet",
+    ]
+    assert snapshot(tmp_path) == before
+
+
 def test_uninstall_on_host_root_stops_and_disables_the_unit_first(
     bundles: Bundles, tmp_path: Path, signer: KeyFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
