@@ -14,11 +14,12 @@ PACKAGES  := $(foreach p,bundler installer manifests,$(if $(wildcard $(p)/__init
 # registry), skopeo + umoci (test images built in the run), containerd + runc (ctr images
 # import), apache2-utils (htpasswd), curl, python3-venv (for Debian's own python3), strace (kills
 # the installer at exact system calls in the crash tests), util-linux (unshare --net), e2fsprogs
-# (chattr, for a read-only /usr/local/bin).
+# (chattr, for a read-only /usr/local/bin), debootstrap + systemd-container (the real systemd
+# hosts of tests/hosts: a Debian rootfs booted with systemd-nspawn).
 APT_PACKAGES := openssl systemd shellcheck zstd tar docker-registry skopeo umoci containerd runc \
-	apache2-utils curl python3-venv strace util-linux e2fsprogs
+	apache2-utils curl python3-venv strace util-linux e2fsprogs debootstrap systemd-container
 
-.PHONY: install deps test fuzz lint bench clean typecheck-tree demo
+.PHONY: install deps test test-hosts fuzz lint bench clean typecheck-tree demo
 
 # The venv is rebuilt only when pyproject.toml changes.
 install: $(VENV)/.installed
@@ -43,6 +44,11 @@ deps:
 # up front and shares it through K3B_TEST_REGISTRY).
 test: install deps
 	$(BIN)/python -m pytest
+
+# The layer of real systemd hosts alone (as root): containers booted with systemd-nspawn from a
+# Debian rootfs that debootstrap builds once into /var/cache/k3bundle-test-hosts.
+test-hosts: install deps
+	$(BIN)/python -m pytest tests/hosts -m hosts -p no:cacheprovider
 
 # The property-based fuzz tests with many random examples (make test runs them with a fixed seed
 # and a few dozen each). K3B_FUZZ_EXAMPLES=N sets the count per test.
