@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -170,3 +171,43 @@ def installed(bundle: Path, root: Path, signer: KeyFiles, *args: str) -> CliResu
     result = install_amd64(bundle, root, signer, *args)
     assert result.returncode == 0, result.stderr
     return result
+
+
+STANDIN = Path(__file__).parent / "hosts" / "standin_k3s.py"
+
+
+def make_standin_payload(
+    folder: Path, arch: str, version: str = VERSION, images: Sequence[Path] = ()
+) -> Dict[str, Tuple[Path, Entry]]:
+    """The python k3s stand-in (tests/hosts) as the k3s binary of `version`, plus real images.
+
+    Like make_payload, but the binary runs: systemd starts it in the test hosts. `images` are
+    image archives (OCI layout tars) placed as airgap images: member path → (file, entry).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    binary = folder / BINARY_NAMES[arch]
+    text = STANDIN.read_text()
+    pinned = re.sub(r'^VERSION = "[^"]*"', f'VERSION = "{version}"', text, count=1, flags=re.M)
+    binary.write_text(pinned)
+    out: Dict[str, Tuple[Path, Entry]] = {}
+    items = [(binary, "k3s-binary", 0o755)] + [(i, "airgap-images", 0o644) for i in images]
+    for local, kind, mode in items:
+        path = f"{arch}/{local.name}"
+        out[path] = (local, entry_for_file(local, path, kind, arch=arch, mode=mode))
+    return out
+
+
+def make_standin_bundle(
+    folder: Path,
+    arch: str,
+    signer: KeyFiles,
+    version: str = VERSION,
+    images: Sequence[Path] = (),
+    name: str = "bundle.tar",
+) -> Path:
+    """A signed one-arch bundle of `version` whose k3s is the stand-in; returns its path."""
+    payload = make_standin_payload(folder / "payload", arch, version, images)
+    manifest = Manifest(version, (arch,), tuple(e for _, e in payload.values()), install={})
+    files = {path: local for path, (local, _) in payload.items()}
+    output = write_bundle(folder / name, manifest, files, keys.load_signer(signer.private), None)
+    return output.files[0]
