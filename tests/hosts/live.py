@@ -57,3 +57,12 @@ class Node:
     def journal(self, unit: str) -> str:
         """The unit's journal."""
         return self.host.run("journalctl", "-u", unit, "--no-pager", "-o", "cat").stdout
+
+    def wait_for_journal(self, unit: str, text: str, timeout: float = 30.0) -> None:
+        """Wait until `text` appears in the unit's journal."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.journal(unit):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} not in the journal of {unit}:\n{self.journal(unit)}")
