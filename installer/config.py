@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, List, Mapping
+from typing import Any, Dict, List, Mapping
 
 
 def dump_yaml(doc: Mapping[str, Any]) -> str:
@@ -56,3 +56,19 @@ def _sequence(items: Any, indent: int, lines: List[str]) -> None:
             lines.extend(nested[1:])
         else:
             lines.append(f"{pad}- {_scalar(item)}")
+
+
+def apply_layer(config: Dict[str, Any], layer: Mapping[str, Any]) -> None:
+    """k3s's rule for a later config file: `key` replaces, `key+` appends to the value so far."""
+    for key, value in layer.items():
+        if key.endswith("+"):
+            config[key[:-1]] = [*as_list(config.get(key[:-1])), *as_list(value)]
+        else:
+            config[key] = value
+
+
+def as_list(value: Any) -> List[Any]:
+    """A config value as a list (k3s repeats a flag once per item)."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]

@@ -7,11 +7,11 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Set, Tuple
 
-from . import units
+from . import host_config, units
 from .destination import HostDestination
 from .errors import UsageError
 from .hashing import HashPool, truncated
-from .layout import IMAGE_CACHE, RECORD_PATH, SYSTEMD_DIR, USER_CONFIG, staged_name
+from .layout import RECORD_PATH, SYSTEMD_DIR, USER_CONFIG, image_cache, staged_name
 from .lock import HostLock, locked
 from .manifest import Manifest, arch_from_machine, check_arch
 from .plan import (
@@ -166,6 +166,7 @@ def _plan(
     bin_dir = choose_bin_dir(dest.fs, previous, options.dry_run)
     old_config = dest.read_json(USER_CONFIG)
     host = resolve_host(options, auth.manifest, previous, old_env, bin_dir, old_config)
+    host = host_config.settle(host, auth.manifest, dest, previous, report)
     commands = dest.existing_commands()
 
     def missing(targets: Sequence[str]) -> List[str]:
@@ -206,9 +207,10 @@ def _commit(journal: Journal, change: Change, dest: HostDestination, host: HostS
         journal.commit(change)
     else:
         journal.discard()
-    if host.image_cache and not os.path.lexists(dest.path(IMAGE_CACHE)):
+    cache = image_cache(host.data_dir)
+    if host.image_cache and not os.path.lexists(dest.path(cache)):
         # k3s only reads and rewrites .cache.json; it must exist for k3s to use it.
-        dest.ensure_empty_file(IMAGE_CACHE, 0o644)
+        dest.ensure_empty_file(cache, 0o644)
 
 
 def _place(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import FrozenSet, Tuple
+from typing import FrozenSet, Optional
 
 BIN_DIR = "/usr/local/bin"
 ALT_BIN_DIR = "/opt/bin"  # when /usr/local/bin is read-only, as upstream's install.sh does
@@ -29,6 +29,7 @@ RECORD_PATH = f"{STATE_DIR}/record.json"
 JOURNAL_PATH = f"{STATE_DIR}/journal.json"
 LOCK_PATH = f"{STATE_DIR}/lock"
 USER_CONFIG = f"{STATE_DIR}/config-override.json"
+ADMIN_CONFIG = f"{STATE_DIR}/admin-config.json"  # the admin's own config keys, merged under ours
 PREVIOUS_DIR = f"{STATE_DIR}/previous"
 NEXT_PREVIOUS_DIR = f"{STATE_DIR}/previous.new"
 
@@ -37,12 +38,50 @@ LINKED_COMMANDS = ("kubectl", "crictl", "ctr")
 STAGED_SUFFIX = ".k3bundle-tmp"  # manifest paths may not contain it (manifest.py refuses them)
 
 _NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,254}")
-_PAYLOAD_DIRS = (IMAGES_DIR, CHARTS_DIR, MANIFESTS_DIR)
+# Where k3s looks inside its data dir (--data-dir / K3S_DATA_DIR): images, charts, manifests.
+_PAYLOAD_SUBDIRS = ("/agent/images", "/server/static/charts", "/server/manifests")
+_CACHE_NAME = ".cache.json"
+# Never a data dir: k3bundle's own state and the config folders (files there are not payload).
+_NOT_DATA_DIRS = ("/etc", STATE_DIR)
+# For journals, which do not name the data dir: payload paths under any allowed data dir.
+ANY_DATA_DIR = ""
+
+
+def images_dir(data_dir: str = DATA_DIR) -> str:
+    """The folder k3s imports image archives from."""
+    return data_dir + _PAYLOAD_SUBDIRS[0]
+
+
+def charts_dir(data_dir: str = DATA_DIR) -> str:
+    """The folder k3s serves chart archives from (/static/charts)."""
+    return data_dir + _PAYLOAD_SUBDIRS[1]
+
+
+def manifests_dir(data_dir: str = DATA_DIR) -> str:
+    """The folder k3s auto-deploys manifests from."""
+    return data_dir + _PAYLOAD_SUBDIRS[2]
+
+
+def image_cache(data_dir: str = DATA_DIR) -> str:
+    """k3s's record of imported archives (it reads and rewrites it only when it exists)."""
+    return f"{images_dir(data_dir)}/{_CACHE_NAME}"
+
+
+def data_dir_problem(path: str) -> Optional[str]:
+    """Why `path` cannot be k3s's data dir for k3bundle, or None when it can."""
+    if not is_normal_path(path):
+        return "it is not an absolute, normalised path"
+    if path == "/":
+        return "it is the root folder"
+    inside = [f for f in _NOT_DATA_DIRS if path == f or path.startswith(f + "/")]
+    if inside:
+        return f"it is inside {inside[0]}"
+    return None
 
 
 def _fixed_files() -> FrozenSet[str]:
-    files = {f"{CONFIG_DIR}/config.yaml", f"{CONFIG_DIR}/registries.yaml", IMAGE_CACHE}
-    files |= {RECORD_PATH, USER_CONFIG}
+    files = {f"{CONFIG_DIR}/config.yaml", f"{CONFIG_DIR}/registries.yaml"}
+    files |= {RECORD_PATH, USER_CONFIG, ADMIN_CONFIG}
     for service in SERVICES:
         files |= {f"{SYSTEMD_DIR}/{service}.service", f"{SYSTEMD_DIR}/{service}.service.env"}
     for folder in BIN_DIRS:
@@ -64,14 +103,30 @@ def is_normal_path(path: str) -> bool:
     )
 
 
-def placeable_file(path: str) -> bool:
-    """True when some install could have placed a file at `path`."""
+def placeable_file(path: str, data_dir: str = DATA_DIR) -> bool:
+    """True when some install with k3s's data in `data_dir` could have placed a file at `path`
+    (ANY_DATA_DIR: with any data dir k3bundle accepts)."""
     if not is_normal_path(path):
         return False
     if path in _FIXED_FILES:
         return True
     folder, name = posixpath.split(path)
-    return folder in _PAYLOAD_DIRS and bool(_NAME.fullmatch(name)) and STAGED_SUFFIX not in name
+    home = _data_dir_of(folder, data_dir)
+    if home is None:
+        return False
+    if name == _CACHE_NAME:
+        return folder == images_dir(home)
+    return bool(_NAME.fullmatch(name)) and STAGED_SUFFIX not in name
+
+
+def _data_dir_of(folder: str, data_dir: str) -> Optional[str]:
+    """The data dir whose payload folder `folder` is, if it is one (and allowed)."""
+    for sub in _PAYLOAD_SUBDIRS:
+        if folder.endswith(sub):
+            home = folder[: -len(sub)]
+            if home == data_dir or (data_dir == ANY_DATA_DIR and data_dir_problem(home) is None):
+                return home
+    return None
 
 
 def placeable_link(path: str, target: str) -> bool:
@@ -83,15 +138,14 @@ def placeable_link(path: str, target: str) -> bool:
     return folder == WANTS_DIR and name in units and target == f"{SYSTEMD_DIR}/{name}"
 
 
-def placeable_folder(path: str) -> bool:
-    """True for a folder an install may create: one on the way to a place files go."""
+def placeable_folder(path: str, data_dir: str = DATA_DIR) -> bool:
+    """True for a folder an install with k3s's data in `data_dir` may create: one on the way
+    to a place files go."""
     if not is_normal_path(path) or path == "/":
         return False
-    return any(path == place or place.startswith(path + "/") for place in _folders())
-
-
-def _folders() -> Tuple[str, ...]:
-    return (*BIN_DIRS, WANTS_DIR, CONFIG_DIR, *_PAYLOAD_DIRS, STATE_DIR)
+    places = [*BIN_DIRS, WANTS_DIR, CONFIG_DIR, STATE_DIR]
+    places += [data_dir + sub for sub in _PAYLOAD_SUBDIRS] if data_dir else []
+    return any(path == place or place.startswith(path + "/") for place in places)
 
 
 def staged_name(path: str) -> str:
@@ -108,3 +162,14 @@ def kept_copy(path: str) -> str:
 def incoming_copy(path: str) -> str:
     """Where a commit keeps the copy of `path` it replaces, until it becomes the previous one."""
     return f"{NEXT_PREVIOUS_DIR}/files{path}"
+
+
+# k3s makes its server folders 0700 (os.MkdirAll(..., 0700)) and never tightens existing ones.
+_PRIVATE_FOLDER = re.compile(r".*/server(/static(/charts)?|/manifests)?\Z")
+
+
+def folder_mode(path: str) -> int:
+    """The mode of a folder k3bundle creates: 0700 for k3s's server folders (in any data dir)
+    and k3bundle's state dir, which hold manifests and records; 0755 otherwise."""
+    private = path == STATE_DIR or path.startswith(STATE_DIR + "/")
+    return 0o700 if private or _PRIVATE_FOLDER.match(path) else 0o755

@@ -21,7 +21,8 @@ from .record import Record, RecordError, RecordFile, RecordLink
 from .service import Report, Runner, is_host_root, restart_commands, run_all, stop_commands
 from .transaction import Change, Journal
 
-# What upstream's uninstall script deletes beyond the files it placed (k3s-facts.md §3.11).
+# What upstream's uninstall script deletes beyond the files it placed (k3s-facts.md §3.11);
+# DATA_DIR stands for the record's data dir.
 PURGE_PATHS = ("/etc/rancher/k3s", "/run/k3s", "/run/flannel", DATA_DIR, "/var/lib/kubelet")
 FORCE_HINT = "changed since k3bundle placed it; kept (--force removes it)"
 
@@ -266,7 +267,7 @@ def _uninstall(
     if dry_run:
         for folder in sorted(record.folders, reverse=True):
             report(f"would remove {folder}/ if nothing else is left in it")
-        return removed + (_purge(dest, report, dry_run) if purge else [])
+        return removed + (_purge(dest, report, dry_run, record.data_dir) if purge else [])
     Journal(dest.fs, durable=is_host_root(root)).commit(
         Change([], [*files, RECORD_PATH], [], links, [], keep_previous=False)
     )
@@ -275,7 +276,7 @@ def _uninstall(
     _remove_state_dir(dest)
     removed += _remove_empty_folders(dest, list(record.folders), report)
     if purge:
-        removed += _purge(dest, report, dry_run)
+        removed += _purge(dest, report, dry_run, record.data_dir)
     return removed
 
 
@@ -304,11 +305,11 @@ def _remove_state_dir(dest: HostDestination) -> None:
         folder.rmdir()
 
 
-def _purge(dest: HostDestination, report: Report, dry_run: bool) -> List[str]:
+def _purge(dest: HostDestination, report: Report, dry_run: bool, data_dir: str) -> List[str]:
     if is_host_root(str(dest.root)) and not dry_run:
-        _run_killall()
+        _run_killall(data_dir)
     removed = []
-    for path in PURGE_PATHS:
+    for path in (data_dir if p == DATA_DIR else p for p in PURGE_PATHS):
         host = dest.path(path)
         if not os.path.lexists(host):
             continue
@@ -327,11 +328,11 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _run_killall() -> None:
+def _run_killall(data_dir: str) -> None:
     # On a real host k3s's mounts and processes must go before its data; the killall script
     # (placed by the install, removed above) is regenerated to a temporary file for that.
     with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as script:
-        script.write(units.render_killall(DATA_DIR))
+        script.write(units.render_killall(data_dir))
     try:
         subprocess.run(["sh", script.name], check=False, capture_output=True)
     finally:

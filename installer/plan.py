@@ -12,20 +12,23 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from . import units
-from .config import dump_yaml
+from .config import apply_layer, as_list, dump_yaml
 from .errors import UsageError
 from .layout import (
+    ADMIN_CONFIG,
     BIN_DIR,
-    CHARTS_DIR,
     CONFIG_DIR,
     DATA_DIR,
     IMAGE_CACHE,
-    IMAGES_DIR,
     LINKED_COMMANDS,
-    MANIFESTS_DIR,
     RECORD_PATH,
     SYSTEMD_DIR,
     USER_CONFIG,
+    charts_dir,
+    image_cache,
+    images_dir,
+    manifests_dir,
+    placeable_folder,
 )
 from .manifest import Entry, Manifest, canonical_json
 from .record import RECORD_FORMAT, Record, RecordFile, RecordLink
@@ -42,13 +45,13 @@ __all__ = [
 
 SERVER_ONLY = ("chart", "helmchart-manifest")
 
-# kind → (target folder, mode); a None folder means the fixed path of the k3s binary.
-TARGETS: Mapping[str, Tuple[str, int]] = {
-    "k3s-binary": (BIN_DIR, 0o755),
-    "airgap-images": (IMAGES_DIR, 0o644),
-    "images": (IMAGES_DIR, 0o644),
-    "chart": (CHARTS_DIR, 0o644),
-    "helmchart-manifest": (MANIFESTS_DIR, 0o600),
+# kind → (its folder inside k3s's data dir, mode); None: the k3s binary, in the bin dir.
+TARGETS: Mapping[str, Tuple[Optional[Callable[[str], str]], int]] = {
+    "k3s-binary": (None, 0o755),
+    "airgap-images": (images_dir, 0o644),
+    "images": (images_dir, 0o644),
+    "chart": (charts_dir, 0o644),
+    "helmchart-manifest": (manifests_dir, 0o600),
 }
 
 
@@ -93,6 +96,9 @@ class HostSettings:
     image_cache: bool = False
     remembered: Mapping[str, Any] = field(default_factory=dict)  # non-secret, for the record
     user_config: Mapping[str, Any] = field(default_factory=dict)  # --config, kept for upgrades
+    data_dir: str = DATA_DIR  # k3s's data dir, as k3s will see it (host_config.py)
+    registries: Optional[Mapping[str, Any]] = None  # merged with the admin's; None: the bundle's
+    admin_state: Optional[bytes] = None  # admin-config.json (admin_config.py)
 
 
 @dataclass(frozen=True)
@@ -147,12 +153,12 @@ class Plan:
         return self._by_path.get(entry.path)
 
 
-def target_of(entry: Entry, bin_dir: str = BIN_DIR) -> Tuple[str, int]:
+def target_of(entry: Entry, bin_dir: str = BIN_DIR, data_dir: str = DATA_DIR) -> Tuple[str, int]:
     """Where a payload entry lands on the host and with which mode."""
     folder, mode = TARGETS[entry.kind]
-    if entry.kind == "k3s-binary":
+    if folder is None:
         return posixpath.join(bin_dir, "k3s"), mode
-    return posixpath.join(folder, entry.name), mode
+    return posixpath.join(folder(data_dir), entry.name), mode
 
 
 def plan_install(
@@ -173,7 +179,7 @@ def plan_install(
     host = host or resolve_host(options, manifest)
     wanted = manifest.for_arch(arch)
     chosen = [e for e in wanted if host.role == "server" or e.kind not in SERVER_ONLY]
-    payload = [Placement(*target_of(e, host.bin_dir), entry=e) for e in chosen]
+    payload = [Placement(*target_of(e, host.bin_dir, host.data_dir), entry=e) for e in chosen]
     _check_targets_unique(payload)
     generated = _generated_files(manifest, host)
     links = [
@@ -185,7 +191,7 @@ def plan_install(
         links.append(Link(wants, f"{SYSTEMD_DIR}/{service}.service"))
     files = [*payload, *generated]
     targets = [*(p.target for p in files), *(link.path for link in links), RECORD_PATH]
-    folders = _folders(previous, missing(targets))
+    folders = _folders(previous, missing(targets), host.data_dir)
     record = _record(manifest, bundle_id, arch, host, files, links, previous, folders)
     files.append(Placement(RECORD_PATH, 0o600, content=record))
     kept = {e.path for e in chosen}  # a set: `e not in chosen` would be quadratic
@@ -262,24 +268,25 @@ def _check_role(role: str, server_url: Optional[str], env: Mapping[str, str]) ->
 
 
 def merge_config(
-    bundle: Mapping[str, Any], user: Mapping[str, Any], remembered: Mapping[str, Any]
+    bundle: Mapping[str, Any],
+    user: Mapping[str, Any],
+    remembered: Mapping[str, Any],
+    admin: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """config.yaml: the bundle defaults, then --config, then --node-label/--tls-san/--node-name."""
-    config = {**bundle, **user}
+    """config.yaml, lowest first: the bundle's defaults, the admin's own keys, --config, then
+    --node-label/--tls-san/--node-name. As k3s does across its files, a higher layer's `key`
+    replaces and its `key+` appends, so only plain keys are written."""
+    config: Dict[str, Any] = {}
+    for layer in (bundle, admin or {}, user):
+        apply_layer(config, layer)
     flags = {"node-label": remembered["node_labels"], "tls-san": remembered["tls_sans"]}
     for key, values in flags.items():
         if values:
-            present = _as_list(config.get(key))
+            present = as_list(config.get(key))
             config[key] = [*present, *[v for v in values if v not in present]]
     if remembered.get("node_name"):
         config["node-name"] = remembered["node_name"]
     return config
-
-
-def _as_list(value: Any) -> List[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _check_targets_unique(payload: Sequence[Placement]) -> None:
@@ -298,19 +305,24 @@ def _check_targets_unique(payload: Sequence[Placement]) -> None:
 def _generated_files(manifest: Manifest, host: HostSettings) -> List[Placement]:
     service, role, bin_dir = units.service_name(host.role), host.role, host.bin_dir
     unit = units.render_unit(role, host.exec_args, bin_dir, SYSTEMD_DIR)
-    uninstall = units.render_uninstall(role, bin_dir, SYSTEMD_DIR, DATA_DIR)
+    uninstall = units.render_uninstall(role, bin_dir, SYSTEMD_DIR, host.data_dir)
     files = [
         Placement(f"{SYSTEMD_DIR}/{service}.service", 0o644, content=unit.encode()),
         Placement(f"{SYSTEMD_DIR}/{service}.service.env", 0o600, content=_env_bytes(host)),
         Placement(
-            f"{bin_dir}/k3s-killall.sh", 0o755, content=units.render_killall(DATA_DIR).encode()
+            f"{bin_dir}/k3s-killall.sh", 0o755, content=units.render_killall(host.data_dir).encode()
         ),
         Placement(f"{bin_dir}/{service}-uninstall.sh", 0o755, content=uninstall.encode()),
     ]
     if host.user_config:  # may hold secrets: 0600, and the record keeps only its hash
         content = canonical_json(dict(host.user_config)) + b"\n"
         files.append(Placement(USER_CONFIG, 0o600, content=content))
-    documents = {"config": host.config, "registries": manifest.install.get("registries") or {}}
+    if host.admin_state is not None:  # the admin's keys may be secrets too
+        files.append(Placement(ADMIN_CONFIG, 0o600, content=host.admin_state))
+    registries = host.registries
+    if registries is None:
+        registries = manifest.install.get("registries") or {}
+    documents = {"config": host.config, "registries": registries}
     for name, doc in documents.items():
         if doc:
             files.append(
@@ -341,8 +353,8 @@ def _record(
         k3s_version=manifest.k3s_version,
         arch=arch,
         role=host.role,
-        options=dict(host.remembered),
-        ensured=(IMAGE_CACHE,) if host.image_cache else (),
+        options={**host.remembered, "data_dir": host.data_dir},
+        ensured=(image_cache(host.data_dir),) if host.image_cache else (),
         files=tuple(_record_file(p) for p in files),
         links=tuple(RecordLink(link.path, link.target) for link in links),
         folders=tuple(folders),
@@ -351,9 +363,10 @@ def _record(
     return record.to_bytes()
 
 
-def _folders(previous: Optional[Record], created: Sequence[str]) -> List[str]:
-    """Folders k3bundle created, by this install or an earlier one: uninstall's to remove."""
-    earlier = previous.folders if previous is not None else ()
+def _folders(previous: Optional[Record], created: Sequence[str], data_dir: str) -> List[str]:
+    """Folders k3bundle created, by this install or an earlier one: uninstall's to remove (not
+    those of an earlier data dir: the record may name only folders of its own)."""
+    earlier = [f for f in previous.folders if placeable_folder(f, data_dir)] if previous else []
     return sorted({*earlier, *created})
 
 

@@ -14,7 +14,15 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .errors import InstallError
 from .jsondoc import load_json
-from .layout import BIN_DIRS, IMAGE_CACHE, placeable_file, placeable_folder, placeable_link
+from .layout import (
+    BIN_DIRS,
+    DATA_DIR,
+    data_dir_problem,
+    image_cache,
+    placeable_file,
+    placeable_folder,
+    placeable_link,
+)
 from .manifest import ARCHES, KINDS, canonical_json
 
 RECORD_FORMAT = "k3bundle-record/v1"
@@ -33,6 +41,7 @@ _OPTION_TYPES: Mapping[str, Tuple[type, ...]] = {
     "node_name": (str, type(None)),
     "image_cache": (bool,),
     "bin_dir": (str,),
+    "data_dir": (str,),  # k3s's data dir: every payload path is checked against it
 }
 
 
@@ -102,6 +111,11 @@ class Record:
         return next((f for f in self.files if f.path == path), None)
 
     @property
+    def data_dir(self) -> str:
+        """k3s's data dir that the payload went to."""
+        return str(self.options.get("data_dir") or DATA_DIR)
+
+    @property
     def bin_dir(self) -> Optional[str]:
         """The folder the k3s binary went to."""
         value = self.options.get("bin_dir")
@@ -120,6 +134,7 @@ def parse_record(data: bytes, where: str) -> Record:
     if doc.get("format") != RECORD_FORMAT:
         raise RecordError(f"{where} has the unknown format {doc.get('format')!r}", _repair(where))
     options = check.options(doc.get("options", {}))
+    check.data_dir = str(options.get("data_dir", DATA_DIR))
     return Record(
         bundle_id=check.text(doc.get("bundle_id"), "bundle_id"),
         k3s_version=check.text(doc.get("k3s_version"), "k3s_version"),
@@ -146,6 +161,7 @@ class _Checker:
 
     def __init__(self, where: str) -> None:
         self.where = where
+        self.data_dir = DATA_DIR  # the record's own, once its options are checked
 
     def fail(self, what: str) -> RecordError:
         return RecordError(f"{self.where}: {what}", _repair(self.where))
@@ -173,7 +189,7 @@ class _Checker:
     def file(self, item: Any) -> RecordFile:
         item = self.mapping(item, "a 'files' item")
         path = item.get("path")
-        if not isinstance(path, str) or not placeable_file(path):
+        if not isinstance(path, str) or not placeable_file(path, self.data_dir):
             raise self.fail(f"lists {path!r}, a file k3bundle never places")
         size, sha, mode = item.get("size"), item.get("sha256"), item.get("mode")
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -195,14 +211,15 @@ class _Checker:
         return RecordLink(path, target)
 
     def folder(self, value: Any) -> str:
-        if not isinstance(value, str) or not placeable_folder(value):
+        if not isinstance(value, str) or not placeable_folder(value, self.data_dir):
             raise self.fail(f"lists the folder {value!r}, which k3bundle never creates")
         return value
 
     def ensured(self, value: Any) -> str:
-        if value != IMAGE_CACHE:
-            raise self.fail(f"lists {value!r} as ensured; only {IMAGE_CACHE} can be")
-        return IMAGE_CACHE
+        cache = image_cache(self.data_dir)
+        if value != cache:
+            raise self.fail(f"lists {value!r} as ensured; only {cache} can be")
+        return cache
 
     def options(self, value: Any) -> Dict[str, Any]:
         options = self.mapping(value, "'options'")
@@ -217,6 +234,9 @@ class _Checker:
             raise self.fail(f"bin_dir {options['bin_dir']!r} is not one of {', '.join(BIN_DIRS)}")
         if "role" in options:
             self.choice(options["role"], "options.role", ("server", "agent"))
+        problem = data_dir_problem(options["data_dir"]) if "data_dir" in options else None
+        if problem:
+            raise self.fail(f"data_dir {options['data_dir']!r} cannot be k3s's data dir: {problem}")
         return options
 
     def previous(self, value: Any) -> Optional[Dict[str, str]]:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from .errors import InstallError, host_error
 from .jsondoc import load_json
 from .layout import (
+    ANY_DATA_DIR,
     JOURNAL_PATH,
     NEXT_PREVIOUS_DIR,
     PREVIOUS_DIR,
@@ -33,6 +34,7 @@ from .layout import (
     STATE_DIR,
     SYSTEMD_DIR,
     incoming_copy,
+    is_normal_path,
     kept_copy,
     placeable_file,
     placeable_folder,
@@ -248,10 +250,14 @@ def _checked(doc: Any, journal: Journal) -> Dict[str, Any]:
         staged, dirs = _texts(doc.get("staged"), refuse), _texts(doc.get("dirs"), refuse)
         for path in staged:
             target = _unstaged(path)
-            if not placeable_file(target) or staged_name(target) != path:
+            if not _placeable(target) or staged_name(target) != path:
                 raise refuse(f"names {path!r}, which no install stages")
+        targets = [_unstaged(path) for path in staged]
         for folder in dirs:
-            if not placeable_folder(folder):
+            # A folder under a custom data dir only on the way to a file this journal stages.
+            below = any(target.startswith(folder + "/") for target in targets)
+            normal = is_normal_path(folder) and folder != "/"
+            if not placeable_folder(folder) and not (below and normal):
                 raise refuse(f"names the folder {folder!r}, which no install creates")
         return {"state": state, "staged": staged, "dirs": dirs}
     if state not in ("backup", "apply") or not isinstance(doc.get("change"), dict):
@@ -266,10 +272,10 @@ def _checked_change(
     if set(change) != keys or not isinstance(change["keep_previous"], bool):
         raise refuse("holds a change of the wrong shape")
     for source, target in _pairs(change["moves"], refuse):
-        if not placeable_file(target) or source not in (staged_name(target), kept_copy(target)):
+        if not _placeable(target) or source not in (staged_name(target), kept_copy(target)):
             raise refuse(f"moves {source!r} over {target!r}, which no install does")
     for key in ("removals", "backups"):
-        if not all(placeable_file(p) for p in _texts(change[key], refuse)):
+        if not all(_placeable(p) for p in _texts(change[key], refuse)):
             raise refuse(f"lists {key} that k3bundle never placed")
     for path, target in _pairs(change["links"], refuse):
         if not placeable_link(path, target):
@@ -277,6 +283,12 @@ def _checked_change(
     if not all(_link_path(p) for p in _texts(change["unlinks"], refuse)):
         raise refuse("removes links that k3bundle never made")
     return change
+
+
+def _placeable(path: str) -> bool:
+    # A journal does not name k3s's data dir (a rollback may even move between two): payload
+    # paths pass under any data dir k3bundle accepts (layout.data_dir_problem), nowhere else.
+    return placeable_file(path, ANY_DATA_DIR)
 
 
 def _texts(value: Any, refuse: Callable[[str], JournalError]) -> List[str]:

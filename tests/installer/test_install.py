@@ -37,6 +37,7 @@ EXPECTED_MODES = {
     "usr/local/bin/k3s-uninstall.sh": 0o755,
     "etc/rancher/k3s/config.yaml": 0o600,
     "etc/rancher/k3s/registries.yaml": 0o600,
+    "var/lib/k3bundle/admin-config.json": 0o600,  # the admin's keys and what k3bundle merged
     "var/lib/k3bundle/record.json": 0o600,
 }
 

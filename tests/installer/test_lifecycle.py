@@ -37,6 +37,7 @@ NEW_IMAGES = f"{IMAGES}/k3s-airgap-images-amd64.tar.gz"
 CONFIG = "etc/rancher/k3s/config.yaml"
 ENV = "etc/systemd/system/k3s.service.env"
 RECORD = "var/lib/k3bundle/record.json"
+ADMIN_STATE = "var/lib/k3bundle/admin-config.json"
 PREVIOUS = "var/lib/k3bundle/previous"
 TOKEN = "K10-life-s3cret"
 DEFAULTS = {"config": {"write-kubeconfig-mode": "0644"}}
@@ -126,7 +127,7 @@ def test_changing_only_a_node_label_rewrites_config_and_record_and_restarts_once
     as_host(bundles[0], tmp_path, signer, monkeypatch, token=TOKEN, node_labels=("tier=web",))
     before = generation(tmp_path)
     commands, _, _ = as_host(bundles[0], tmp_path, signer, monkeypatch, node_labels=("tier=db",))
-    assert changed_files(before, generation(tmp_path)) == {CONFIG, RECORD}
+    assert changed_files(before, generation(tmp_path)) == {CONFIG, ADMIN_STATE, RECORD}
     assert commands == RESTART
     config = (tmp_path / CONFIG).read_text()
     assert "tier=db" in config and "tier=web" not in config
