@@ -120,3 +120,18 @@ def test_standin_refuses_a_non_boolean_selinux_drop_in_and_systemd_retries(
     node.wait_for_journal("k3s", 'invalid value "maybe" for flag -selinux')
     state = host.run("systemctl", "is-active", "k3s", check=False).stdout.strip()
     assert state in ("activating", "failed")
+
+
+def test_k3bundle_uninstall_stops_k3s_and_removes_what_it_placed(
+    node: Node, host_bundles: Bundles
+) -> None:
+    node.install(host_bundles.first)
+    node.wait_active("k3s")
+    host = node.host
+    node.k3bundle("uninstall", "-q")
+    assert host.run("systemctl", "show", "-p", "LoadState", "k3s").stdout == "LoadState=not-found\n"
+    assert host.run("pgrep", "-f", "/usr/local/bin/k3s", check=False).returncode == 1
+    placed = [p for p in PLACED if not p.startswith(("/etc/rancher", "/var/lib/rancher"))]
+    assert [path for path in placed if exists(host, path)] == []
+    # What k3s itself wrote is not k3bundle's to remove (k3s-uninstall.sh removes it).
+    assert exists(host, "/etc/rancher/k3s/k3s.yaml")
