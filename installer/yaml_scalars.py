@@ -1,18 +1,23 @@
-"""YAML scalars for yaml_subset: plain scalars by the YAML 1.2 core schema, escapes in
-double-quoted ones, and the folding and chomping of block scalars (| and >)."""
+"""YAML scalars for yaml_subset: plain scalars as k3s's go-yaml v2 reads them (YAML 1.1),
+escapes in double-quoted ones, and the folding and chomping of block scalars (| and >)."""
 
 from __future__ import annotations
 
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-_INT = re.compile(r"[-+]?[0-9]+")
-_INT_BASE = re.compile(r"0o[0-7]+|0x[0-9a-fA-F]+")
+# Go's strconv.ParseInt(s, 0, 64), after go-yaml v2 drops every '_': a sign, then 0x/0o/0b,
+# a leading 0 (octal) or decimal digits.
+_GO_INT = re.compile(r"([-+]?)(0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|0[0-7]*|[1-9][0-9]*)")
+_BASES = {"x": 16, "o": 8, "b": 2}
 _FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?")
+_INT64 = range(-(2**63), 2**64)  # ParseInt, then ParseUint: beyond both it is a float
+# go-yaml v2's resolve table (resolve.go): YAML 1.1 booleans, nulls, and the float words.
 _CONSTANTS: Dict[str, Any] = {
     **{word: None for word in ("", "~", "null", "Null", "NULL")},
-    **{word: True for word in ("true", "True", "TRUE")},
-    **{word: False for word in ("false", "False", "FALSE")},
+    **{w: True for w in ("y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON")},
+    **{w: False for w in ("n", "N", "no", "No", "NO", "false", "False", "FALSE")},
+    **{word: False for word in ("off", "Off", "OFF")},
     **{
         sign + word: float(sign + "inf")
         for sign in ("", "+", "-")
@@ -26,16 +31,29 @@ _HEX = re.compile(r"[0-9a-fA-F]+", re.ASCII)
 
 
 def resolve(text: str) -> Any:
-    """A plain scalar by the YAML 1.2 core schema; leading-zero integers stay strings."""
+    """A plain scalar as k3s's go-yaml v2 reads it into its config (YAML 1.1 rules): yes/no/
+    on/off/y/n are booleans, 0644 is octal (420), 1_000 is 1000; dates stay strings (v2 keeps
+    timestamps as text in an interface{}), and there are no sexagesimal numbers."""
     if text in _CONSTANTS:
         return _CONSTANTS[text]
-    if _INT.fullmatch(text):
-        # "0644" is octal in YAML 1.1 and decimal in 1.2; keep what the user wrote (file modes).
-        digits = text.lstrip("+-")
-        return text if len(digits) > 1 and digits[0] == "0" else int(text)
-    if _INT_BASE.fullmatch(text):
-        return int(text[2:], 8 if text[1] == "o" else 16)
-    return float(text) if _FLOAT.fullmatch(text) else text
+    if text[:1] not in "+-.0123456789":  # go-yaml tries numbers only after these
+        return text
+    if text[0] == ".":  # strconv.ParseFloat(text) on the text as written
+        return float(text) if _FLOAT.fullmatch(text) else text
+    plain = text.replace("_", "")
+    found = _GO_INT.fullmatch(plain)
+    if found:
+        value = _go_int(found.group(2))
+        value = -value if found.group(1) == "-" else value
+        if value in _INT64:
+            return value
+    return float(plain) if _FLOAT.fullmatch(plain) else text
+
+
+def _go_int(digits: str) -> int:
+    if digits[1:2].lower() in _BASES:
+        return int(digits[2:], _BASES[digits[1].lower()])
+    return int(digits, 8) if digits[0] == "0" else int(digits)
 
 
 def unescape(line: str, i: int) -> Optional[Tuple[str, int]]:

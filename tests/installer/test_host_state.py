@@ -397,3 +397,19 @@ def test_a_drop_in_data_dir_moves_the_payload_and_a_drop_in_override_is_named(
     assert f"note: /{drop_in} sets node-name after config.yaml; k3s uses its value" in (
         result.stderr.splitlines()
     )
+
+
+# --- values mean to k3s what they meant -----------------------------------------------------
+
+
+def test_config_values_are_read_as_k3s_reads_them_yaml_1_1(
+    small_bundle: Path, tmp_path: Path, signer: KeyFiles
+) -> None:
+    config = write_config(tmp_path / "in", "selinux: yes\nprotect-kernel-defaults: off\n")
+    root = tmp_path / "root"
+    assert (
+        run(small_bundle, root, signer, "--arch", "amd64", "--config", str(config)).returncode == 0
+    )
+    assert (root / CONFIG).read_text() == (
+        '"protect-kernel-defaults": false\n"selinux": true\n"write-kubeconfig-mode": "0644"\n'
+    )

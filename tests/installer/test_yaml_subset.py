@@ -159,9 +159,9 @@ def test_unquoted_host_port_key_ends_at_the_last_colon() -> None:
         ("true", True),
         ("False", False),
         ("TRUE", True),
-        ("yes", "yes"),
-        ("no", "no"),
-        ("on", "on"),
+        ("yes", True),
+        ("no", False),
+        ("on", True),
         ("null", None),
         ("~", None),
         ("", None),
@@ -169,7 +169,7 @@ def test_unquoted_host_port_key_ends_at_the_last_colon() -> None:
         ("-7", -7),
         ("+3", 3),
         ("0", 0),
-        ("0644", "0644"),
+        ("0644", 420),
         ("0o17", 15),
         ("0x1F", 31),
         ("1.5", 1.5),
@@ -195,6 +195,32 @@ def test_unquoted_host_port_key_ends_at_the_last_colon() -> None:
 )
 def test_scalar_values(text: str, expected: Any) -> None:
     assert parse(f"key: {text}\n") == {"key": expected}
+
+
+# go-yaml v2 (resolve.go, v2.4.0), which k3s reads its config with: YAML 1.1 words, Go's
+# strconv.ParseInt(s, 0, 64) after dropping '_', ParseFloat, and timestamps kept as text.
+GO_YAML_V2 = [
+    *[(word, True) for word in ("y", "Y", "yes", "Yes", "YES", "on", "On", "ON")],
+    *[(word, False) for word in ("n", "N", "no", "No", "NO", "off", "Off", "OFF")],
+    ("yES", "yES"),
+    ("0644", 420),
+    ("-017", -15),
+    ("08", 8.0),
+    ("0o17", 15),
+    ("0b101", 5),
+    ("-0x1f", -31),
+    ("1_000", 1000),
+    ("99999999999999999999", 1e20),
+    ("1:30", "1:30"),
+    ("2001-12-14", "2001-12-14"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), GO_YAML_V2, ids=[t for t, _ in GO_YAML_V2])
+def test_plain_scalars_mean_what_they_mean_to_k3s(text: str, expected: Any) -> None:
+    got = parse(f"key: {text}\nflow: [{text}]\n")
+    assert got == {"key": expected, "flow": [expected]}
+    assert type(got["key"]) is type(expected)
 
 
 def test_nan_is_a_float() -> None:
@@ -469,7 +495,7 @@ SAME_AS_PYYAML = [
     "---\na: 1\n...\n",
     "# c\n---\n# c\na: 1\n",
     '{"a": 1, "b": [true, null, "x"]}',
-    "{a: 1, b: [x, y]}\n",
+    "{a: 1, b: [x, z]}\n",  # not y: a boolean to go-yaml v2, a string to PyYAML
     "a: [\n  1,\n  2,\n]\n",
     "a: {\n  b: 1,\n  c: [x, {d: e}]\n}\n",
     "a:\n  b: 1\n\n\n  c: 2\n",
