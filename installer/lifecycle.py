@@ -119,6 +119,7 @@ def rollback(
             )
         change = _rollback_change(dest, current, previous, force, report)
         journal.commit(change)
+        _touch_restored_images(dest, (current, previous), change)
     restored = len([target for _, target in change.moves if target != RECORD_PATH])
     was = current.k3s_version if current is not None else None
     report(
@@ -129,6 +130,19 @@ def rollback(
     if is_host_root(root):
         run_all(restart_commands(unit, no_start), report, runner)
     return {"from": was, "to": previous.k3s_version}
+
+
+def _touch_restored_images(
+    dest: HostDestination, records: Tuple[Optional[Record], Record], change: Change
+) -> None:
+    """With k3s's .cache.json an archive k3s has seen is re-imported only when its mtime is
+    newer: the restored archives (renamed back with their old mtimes) get a new one."""
+    if not any(r is not None and r.options.get("image_cache") for r in records):
+        return
+    kinds = {f.path: f.kind for f in records[1].files}
+    for _, target in change.moves:
+        if kinds.get(target) in ("airgap-images", "images"):
+            os.utime(dest.path(target), follow_symlinks=False)
 
 
 ADOPTED = "the k3s installed by other means"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Set, Tuple
 
@@ -436,3 +438,18 @@ def test_every_command_takes_root(bundles: Bundles, tmp_path: Path, signer: KeyF
         assert result.returncode == 0, (args, result.stderr)
     assert not (tmp_path / "root" / BIN / "k3s").exists()
     assert not (tmp_path / "root" / RECORD).exists()
+
+
+def test_rollback_with_image_cache_gives_restored_archives_a_new_mtime(
+    bundles: Bundles, tmp_path: Path, signer: KeyFiles
+) -> None:
+    old, new = bundles
+    installed(old, tmp_path, signer, "--image-cache")
+    images = tmp_path / OLD_IMAGES
+    os.utime(images, (1_000_000, 1_000_000))  # imported long ago; k3s's cache knows it
+    installed(new, tmp_path, signer)
+    assert not images.exists()
+    result = command("rollback", "--root", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert abs(images.stat().st_mtime - time.time()) < 60
+    assert (tmp_path / NEW_IMAGES).exists() is False
