@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .errors import (
     BROKEN_PIPE,
@@ -20,18 +19,16 @@ from .errors import (
     INTERRUPTED,
     InstallError,
     K3BundleError,
-    UsageError,
     edge_error,
     unexpected,
 )
 from .install import install
+from .install_args import install_options, join_exec, kubeconfig_lines
 from .lifecycle import recover_root, rollback, status, uninstall
-from .plan import Options
 from .progress import Progress, TextProgress
 from .service import is_host_root, is_root_user, run_command
 from .summaries import inspect_lines, status_lines, verify_lines
 from .verify import inspect_bundle, verify_bundle
-from .yaml_subset import load_config_file
 
 ProgressFactory = Callable[[], Progress]
 
@@ -136,7 +133,9 @@ def _install_parser(sub: Any) -> None:
         dest="exec_args",
         default=None,
         metavar="ARGS",
-        help='extra k3s arguments, e.g. "--disable=traefik" (default: as installed before)',
+        help='k3s arguments, e.g. "--disable=traefik" or "agent --node-ip=10.0.0.5" (a leading '
+        "server or agent is the command, as in install.sh; default: INSTALL_K3S_EXEC, else as "
+        "installed before)",
     )
     _role_options(parser)
     _config_options(parser)
@@ -277,7 +276,7 @@ def main(
     """Run one command and return its exit code; every failure becomes one 'Error:' line."""
     args = argparse.Namespace(verbose=False, command=None)
     try:
-        args = _parse(build_parser(prog), argv)
+        args = _parse(build_parser(prog), join_exec(sys.argv[1:] if argv is None else argv))
         code = _dispatch(args, _progress(args, progress_factory))
         sys.stdout.flush()  # a reader that went away shows up here, not at interpreter exit
         return code
@@ -381,35 +380,12 @@ def _dispatch(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def _install(args: argparse.Namespace, progress: Progress) -> int:
-    options = Options(
-        bundle=args.bundle,
-        root=args.root,
-        pubkeys=tuple(args.pubkey),
-        allow_unsigned=args.allow_unsigned,
-        arch=args.arch,
-        dry_run=args.dry_run,
-        no_start=args.no_start,
-        token=args.token,
-        token_file=args.token_file,
-        exec_args=_split_exec(args.exec_args),
-        role=args.role,
-        server_url=args.server_url,
-        cluster_init=args.cluster_init,
-        config=load_config_file(args.config) if args.config else None,
-        node_labels=tuple(args.node_label),
-        tls_sans=tuple(args.tls_san),
-        node_name=args.node_name,
-        image_cache=args.image_cache,
-        allow_downgrade=args.allow_downgrade,
-        adopt=args.adopt,
-        sync=is_host_root(args.root) if args.sync is None else args.sync,
-        wait=args.wait,
-        environ=dict(os.environ),
-    )
+    options = install_options(args, os.environ)
     outcome = install(options, _reporter(args), progress)
     if args.dry_run:
         print(f"Dry run: {len(outcome.placed)} changes would be made; nothing was changed.")
-    elif outcome.changed:
+        return 0
+    if outcome.changed:
         print(
             f"Installed k3s {outcome.version} ({outcome.arch}, {outcome.service}) under "
             f"{args.root}: {len(outcome.placed)} written, {len(outcome.unchanged)} unchanged."
@@ -419,16 +395,9 @@ def _install(args: argparse.Namespace, progress: Progress) -> int:
             f"Nothing to do: k3s {outcome.version} ({outcome.arch}) is already installed exactly "
             f"as this bundle describes ({len(outcome.unchanged)} files and links checked)."
         )
+    for line in kubeconfig_lines(outcome.kubeconfig):
+        print(line)
     return 0
-
-
-def _split_exec(text: Optional[str]) -> Optional[Tuple[str, ...]]:
-    if text is None:
-        return None
-    try:
-        return tuple(shlex.split(text))
-    except ValueError as exc:
-        raise UsageError(f"cannot split --exec {text!r}: {exc}") from None
 
 
 def _reporter(args: argparse.Namespace) -> Callable[[str], None]:

@@ -25,7 +25,15 @@ from .plan import (
 from .preflight import check_downgrade, check_foreign, check_space, choose_bin_dir
 from .progress import Progress, human_size
 from .record import Record
-from .service import Report, Runner, is_host_root, restart_commands, run_all, run_command
+from .service import (
+    Report,
+    Runner,
+    is_host_root,
+    restart_commands,
+    run_all,
+    run_command,
+    xtables_tools,
+)
 from .sources import BundleSource, VerifyingStream
 from .transaction import Change, Journal
 from .verify import Authenticated, open_authenticated
@@ -44,6 +52,7 @@ class Outcome:
     removed: List[str] = field(default_factory=list)
     unchanged: List[str] = field(default_factory=list)
     commands: List[List[str]] = field(default_factory=list)
+    kubeconfig: Optional[str] = None  # a server's, for the closing lines
 
     @property
     def changed(self) -> bool:
@@ -123,13 +132,25 @@ def _install(
     _describe_removals(change, dest, options, outcome, report)
     if not options.dry_run:
         _commit(journal, change, dest, host)
-    if outcome.changed and is_host_root(options.root):
+    outcome.kubeconfig = _kubeconfig(host)
+    if (outcome.changed or options.force_restart) and is_host_root(options.root):
         unit = f"{outcome.service}.service"
-        outcome.commands = restart_commands(unit, options.no_start)
+        outcome.commands = restart_commands(
+            unit, options.no_start, options.skip_enable, xtables_tools()
+        )
         run_all(outcome.commands, report, runner, options.dry_run)
     else:
         _say_service(options, outcome, report)
     return outcome
+
+
+def _kubeconfig(host: HostSettings) -> Optional[str]:
+    """Where a server's k3s writes its kubeconfig: config.yaml's write-kubeconfig, else the env
+    file's K3S_KUBECONFIG_OUTPUT (config beats env in k3s), else the default path."""
+    if host.role != "server":
+        return None
+    chosen = host.config.get("write-kubeconfig") or host.env.get("K3S_KUBECONFIG_OUTPUT")
+    return str(chosen) if chosen else "/etc/rancher/k3s/k3s.yaml"
 
 
 def recover(journal: Journal, lock: HostLock, report: Report) -> None:
@@ -321,8 +342,9 @@ def _note(outcome: Outcome, report: Report, unchanged: bool, changed_line: str, 
 def _say_service(options: Options, outcome: Outcome, report: Report) -> None:
     unit = f"{outcome.service}.service"
     if not is_host_root(options.root):
-        report(
-            f"--root given: {unit} enabled by its wants link; no systemctl call, nothing started"
-        )
+        enabled = "enabled by its wants link"
+        if options.skip_enable:
+            enabled = "not enabled (INSTALL_K3S_SKIP_ENABLE)"
+        report(f"--root given: {unit} {enabled}; no systemctl call, nothing started")
     else:
         report(f"no change detected, {unit} left as it is (not restarted)")

@@ -11,7 +11,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from . import units
+from . import node_rules, units, upstream_env
 from .config import apply_layer, as_list, dump_yaml
 from .errors import UsageError
 from .layout import (
@@ -66,6 +66,9 @@ class Options:
     arch: Optional[str] = None
     dry_run: bool = False
     no_start: bool = False
+    skip_enable: bool = False  # INSTALL_K3S_SKIP_ENABLE=true: no enable, no start
+    force_restart: bool = False  # INSTALL_K3S_FORCE_RESTART=true: restart even if unchanged
+    symlink: Optional[str] = None  # INSTALL_K3S_SYMLINK: skip, force, or None (when absent)
     token: Optional[str] = None
     token_file: Optional[str] = None
     exec_args: Optional[Tuple[str, ...]] = None  # None: as the installed generation had it
@@ -182,11 +185,9 @@ def plan_install(
     payload = [Placement(*target_of(e, host.bin_dir, host.data_dir), entry=e) for e in chosen]
     _check_targets_unique(payload)
     generated = _generated_files(manifest, host)
-    links = [
-        Link(f"{host.bin_dir}/{c}", "k3s") for c in LINKED_COMMANDS if c not in existing_commands
-    ]
+    links = _command_links(host.bin_dir, existing_commands, options.symlink)
     service = units.service_name(host.role)
-    if options.root != "/":
+    if options.root != "/" and not options.skip_enable:
         wants = f"{SYSTEMD_DIR}/multi-user.target.wants/{service}.service"
         links.append(Link(wants, f"{SYSTEMD_DIR}/{service}.service"))
     files = [*payload, *generated]
@@ -199,6 +200,15 @@ def plan_install(
     return Plan(arch, service, tuple(files), tuple(links), skipped)
 
 
+def _command_links(bin_dir: str, existing: Set[str], symlink: Optional[str]) -> List[Link]:
+    """kubectl, crictl and ctr as links to k3s; INSTALL_K3S_SYMLINK=skip makes none, =force
+    makes them even where those commands exist, as install.sh does."""
+    if symlink == "skip":
+        return []
+    wanted = [c for c in LINKED_COMMANDS if symlink == "force" or c not in existing]
+    return [Link(f"{bin_dir}/{c}", "k3s") for c in wanted]
+
+
 def resolve_host(
     options: Options,
     manifest: Manifest,
@@ -209,11 +219,11 @@ def resolve_host(
 ) -> HostSettings:
     """Merge options over what the installed generation used, then check upstream's rules."""
     old = dict(previous.options) if previous is not None else {}
-    role = options.role or old.get("role") or "server"
-    server_url = options.server_url or (old.get("server_url") if role == old.get("role") else None)
+    role, server_url, exec_args = _role(options, old)
     env = _env(options, previous_env or {}, server_url)
-    _check_role(role, server_url, env)
-    exec_args = options.exec_args if options.exec_args is not None else old.get("exec_args", [])
+    _check_role(role, server_url, env, options)
+    service = units.service_name(role)
+    upstream_env.check_context(options.environ, manifest.k3s_version, bin_dir, service)
     image_cache = options.image_cache or bool(old.get("image_cache"))
     remembered: Dict[str, Any] = {
         "role": role,
@@ -234,37 +244,42 @@ def resolve_host(
     )
 
 
+def _role(options: Options, old: Mapping[str, Any]) -> Tuple[str, Optional[str], Sequence[str]]:
+    """Role, server to join and k3s arguments: flags, the environment, the installed ones."""
+    role, server_url, args = upstream_env.choose_role(
+        options.role, options.server_url, options.exec_args, options.environ
+    )
+    role = role or old.get("role") or "server"
+    remembered_url = old.get("server_url") if role == old.get("role") else None
+    return (
+        role,
+        server_url or remembered_url,
+        args if args is not None else old.get("exec_args", []),
+    )
+
+
 def _env(
     options: Options, previous_env: Mapping[str, str], server_url: Optional[str]
 ) -> Dict[str, str]:
-    env = units.env_from_environment(options.environ)
-    if options.token or options.token_file:
-        env.update({"K3S_TOKEN": options.token} if options.token else {})
-        env.update({"K3S_TOKEN_FILE": options.token_file} if options.token_file else {})
-    else:  # an upgrade keeps the token it was installed with
-        env.update({k: v for k, v in previous_env.items() if k in ("K3S_TOKEN", "K3S_TOKEN_FILE")})
-    if server_url:
-        env["K3S_URL"] = server_url
+    """The unit's env file: the installed generation's, the environment's over it, the flags'."""
+    flags = {"K3S_TOKEN": options.token, "K3S_TOKEN_FILE": options.token_file}
+    env = upstream_env.unit_env(previous_env, options.environ, flags, server_url)
+    if options.node_name:  # --node-name goes to config.yaml; no other name may linger
+        env.pop("K3S_NODE_NAME", None)
     return env
 
 
-def _check_role(role: str, server_url: Optional[str], env: Mapping[str, str]) -> None:
-    if role not in ("server", "agent"):
-        raise UsageError(f"unknown role {role!r}", "Use --role server or --role agent.")
-    if server_url is not None and not server_url.startswith("https://"):
-        raise UsageError(
-            f"--server {server_url!r} is not an https:// URL",
-            "k3s servers listen on https://HOST:6443; give that (only https is supported).",
-        )
-    if role == "agent" and not server_url:
-        raise UsageError("an agent needs --server https://HOST:6443", "Give the URL of a server.")
-    has_token = "K3S_TOKEN" in env or "K3S_TOKEN_FILE" in env
-    if server_url and not has_token:
-        raise UsageError(
-            f"joining {server_url} needs the cluster token",
-            "Pass --token TOKEN or --token-file FILE (the server's "
-            "/var/lib/rancher/k3s/server/node-token).",
-        )
+def _check_role(
+    role: str, server_url: Optional[str], env: Mapping[str, str], options: Options
+) -> None:
+    """Refuse what k3s would refuse about this node, before anything is placed."""
+    source = "--server" if options.server_url or not options.environ.get("K3S_URL") else "K3S_URL"
+    node_rules.check_join(role, server_url, source, env)
+    if options.cluster_init:
+        node_rules.check_cluster_init(role, server_url, source)
+    node_rules.check_labels(options.node_labels)
+    node_rules.check_node_name(options.node_name, "--node-name")
+    node_rules.check_node_name(options.environ.get("K3S_NODE_NAME") or None, "K3S_NODE_NAME")
 
 
 def merge_config(

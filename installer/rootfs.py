@@ -16,9 +16,10 @@ import os
 import posixpath
 import stat
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .errors import InstallError, host_error
+from .layout import folder_mode
 
 MAX_LINKS = 40  # as the kernel's own limit on links followed in one lookup
 
@@ -124,21 +125,27 @@ def _not_a_folder(path: Path, root: Path) -> InstallError:
     )
 
 
-def make_folders(fs: RootFS, target: str, mode: int = 0o755) -> List[Path]:
+def make_folders(fs: RootFS, target: str, mode: Optional[int] = None) -> List[Path]:
     """Create the target folder where the root resolves it, and every missing folder on the way
-    there (a link inside the root may point at one not made yet); the new ones, outermost first."""
+    there (a link inside the root may point at one not made yet); the new ones, outermost first.
+
+    Each new folder gets `mode`, or by default layout.folder_mode of the target path it is.
+    """
     folder = fs.folder(target)
-    missing: List[Path] = []
+    missing: List[Tuple[Path, int]] = []
+    # Links resolve only in the existing start of the path: the missing folders end the resolved
+    # path as the target's last parts end the target, so each gets the mode of its target path.
+    named = target
     while folder != fs.root and not os.path.lexists(folder):
-        missing.append(folder)
-        folder = folder.parent
-    for path in reversed(missing):
+        missing.append((folder, folder_mode(named) if mode is None else mode))
+        folder, named = folder.parent, posixpath.dirname(named)
+    for path, path_mode in reversed(missing):
         try:
-            path.mkdir(mode=mode)
+            path.mkdir(mode=path_mode)
         except OSError as exc:
             raise host_error(exc, "create", path) from None
     fs.forget()
-    return missing[::-1]
+    return [path for path, _ in reversed(missing)]
 
 
 def open_new(path: Path, mode: int) -> int:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from .errors import InstallError
 
@@ -47,12 +48,38 @@ def is_root_user() -> bool:
     return os.geteuid() == 0
 
 
-def restart_commands(unit: str, no_start: bool) -> List[List[str]]:
-    """After files changed: reload units, enable, and restart once (unless --no-start)."""
-    commands = [["systemctl", "daemon-reload"], ["systemctl", "enable", unit]]
+def restart_commands(
+    unit: str, no_start: bool, skip_enable: bool = False, xtables: Sequence[str] = ()
+) -> List[List[str]]:
+    """After files changed: reload units, enable, clean the firewall and restart once.
+
+    As install.sh: INSTALL_K3S_SKIP_ENABLE stops after the reload (no enable, no start),
+    --no-start after the enable; `xtables` names the iptables tools present on the host.
+    """
+    commands = [["systemctl", "daemon-reload"]]  # kept even then: systemd must see the new unit
+    if skip_enable:
+        return commands
+    commands.append(["systemctl", "enable", unit])
     if not no_start:
+        commands.extend(["sh", "-c", XTABLES_CLEANUP.format(tool=tool)] for tool in xtables)
         commands.append(["systemctl", "restart", "--no-block", unit])
     return commands
+
+
+# install.sh's service_enable_and_start drops the rules an earlier k3s left (KUBE-*, flannel)
+# before it starts k3s, unless the host's save/restore tools cannot read those rules back.
+XTABLES_CLEANUP = (
+    'rules=$({tool}-save 2>/dev/null) && [ -n "$rules" ] || exit 0; '
+    "if printf '%s\\n' \"$rules\" | grep -qx -e '-A CNI-HOSTPORT-MASQ -j MASQUERADE'; then "
+    "echo 'Host {tool}-save/{tool}-restore tools are incompatible with existing rules' >&2; "
+    "exit 0; fi; "
+    "printf '%s\\n' \"$rules\" | grep -v KUBE- | grep -iv flannel | {tool}-restore"
+)
+
+
+def xtables_tools(which: Callable[[str], Optional[str]] = shutil.which) -> List[str]:
+    """iptables and ip6tables, where both their -save and -restore are installed."""
+    return [t for t in ("iptables", "ip6tables") if which(f"{t}-save") and which(f"{t}-restore")]
 
 
 def stop_commands(unit: str) -> List[List[str]]:

@@ -33,3 +33,12 @@ def outside(tmp_path: Path) -> Path:
     (folder / "shadow").write_text("root:*:19000:0:99999:7:::\n")
     (folder / "k3s").write_text("not yours\n")
     return folder
+
+
+@pytest.fixture(autouse=True)
+def no_host_iptables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Host-root installs see no iptables tools unless a test says so: recorded commands must
+    not depend on what the machine running the tests has installed."""
+    from k3bundle.installer import install
+
+    monkeypatch.setattr(install, "xtables_tools", lambda: [])

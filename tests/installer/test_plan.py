@@ -249,8 +249,9 @@ def test_plan_writes_config_and_registries_from_install_defaults() -> None:
 
 def test_plan_puts_token_in_env_file_only() -> None:
     found = targets(plan(token="s3cret", environ={"K3S_URL": "https://a:6443", "HOME": "/x"}))
-    env = found["/etc/systemd/system/k3s.service.env"].content or b""
-    unit = found["/etc/systemd/system/k3s.service"].content or b""
+    # K3S_URL without a server/agent command makes an agent, as in install.sh
+    env = found["/etc/systemd/system/k3s-agent.service.env"].content or b""
+    unit = found["/etc/systemd/system/k3s-agent.service"].content or b""
     assert b'K3S_TOKEN="s3cret"' in env and b'K3S_URL="https://a:6443"' in env
     assert b"HOME" not in env
     assert b"s3cret" not in unit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
 import pytest
 
@@ -134,13 +134,13 @@ def test_agent_gets_its_unit_env_and_uninstall_script_and_no_server_files(
 def test_agent_with_token_file_gets_k3s_token_file_in_its_env(
     bundle: Path, tmp_path: Path, signer: KeyFiles
 ) -> None:
-    token_file = tmp_path / "node-token"
-    token_file.write_text(TOKEN)
     root = tmp_path / "root"
-    args = ("--role", "agent", "--server", SERVER_URL, "--token-file", str(token_file))
+    (root / "root").mkdir(parents=True)
+    (root / "root/node-token").write_text(TOKEN)  # where k3s will read it: inside the root
+    args = ("--role", "agent", "--server", SERVER_URL, "--token-file", "/root/node-token")
     installed(bundle, root, signer, *args)
     env = (root / SYSTEMD / "k3s-agent.service.env").read_text()
-    assert f'K3S_TOKEN_FILE="{token_file}"' in env.splitlines()
+    assert 'K3S_TOKEN_FILE="/root/node-token"' in env.splitlines()
     assert "K3S_TOKEN=" not in env and TOKEN not in env
 
 
@@ -208,3 +208,156 @@ def test_server_joining_a_cluster_gets_its_url_and_token_in_the_env_file(
     unit = (tmp_path / SYSTEMD / "k3s.service").read_text()
     assert exec_start(unit) == ["/usr/local/bin/k3s", "server"]
     assert TOKEN not in unit and (tmp_path / CHART).is_file()
+
+
+# --- what k3s would refuse, refused up front ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "environ", "message"),
+    [
+        (
+            ["--role", "agent", "--cluster-init", "--server", SERVER_URL, "--token", TOKEN],
+            {},
+            "--cluster-init is for the first server, not an agent",
+        ),
+        (
+            ["--cluster-init", "--server", SERVER_URL, "--token", TOKEN],
+            {},
+            f"--cluster-init starts a new cluster, but --server joins {SERVER_URL}",
+        ),
+        (
+            ["--cluster-init"],
+            {"K3S_URL": SERVER_URL, "K3S_TOKEN": TOKEN},
+            "--cluster-init is for the first server",  # K3S_URL makes it an agent
+        ),
+        (["--node-label", "foo"], {}, "--node-label 'foo' is not a Kubernetes label"),
+        (["--node-label", "rack=3 b"], {}, "--node-label 'rack=3 b' is not a Kubernetes label"),
+        (["--node-label", "Bad_Prefix/x=1"], {}, "--node-label 'Bad_Prefix/x=1' is not a"),
+        (["--node-label", "x-=1"], {}, "--node-label 'x-=1' is not a Kubernetes label"),
+        (["--node-label", f"{'a' * 64}=1"], {}, "is not a Kubernetes label"),
+        (["--node-name", "Bad_Name"], {}, "--node-name 'Bad_Name' is not a valid node name"),
+        ([], {"K3S_NODE_NAME": "node 1"}, "K3S_NODE_NAME 'node 1' is not a valid node name"),
+        (
+            ["--role", "agent", "--server", SERVER_URL, "--token-file", "/root/missing"],
+            {},
+            "--token-file '/root/missing' does not exist under",
+        ),
+        (["--token-file", "token"], {}, "--token-file 'token' is not an absolute path"),
+        ([], {"K3S_TOKEN_FILE": "/root/missing"}, "K3S_TOKEN_FILE '/root/missing' does not exist"),
+    ],
+    ids=[
+        "agent-cluster-init",
+        "cluster-init-join",
+        "cluster-init-k3s-url",
+        "label-no-value",
+        "label-space",
+        "label-prefix",
+        "label-dash",
+        "label-long",
+        "node-name-case",
+        "k3s-node-name",
+        "token-file-missing",
+        "token-file-relative",
+        "k3s-token-file-missing",
+    ],
+)
+def test_install_refuses_node_flags_k3s_would_refuse_and_writes_nothing(
+    bundle: Path,
+    tmp_path: Path,
+    signer: KeyFiles,
+    monkeypatch: pytest.MonkeyPatch,
+    args: List[str],
+    environ: Dict[str, str],
+    message: str,
+) -> None:
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "etc").mkdir()
+    before = snapshot(tmp_path)
+    result = install(bundle, tmp_path, signer, *args)
+    assert result.returncode == UsageError.exit_code
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_kubernetes_label_syntax_is_accepted(
+    bundle: Path, tmp_path: Path, signer: KeyFiles
+) -> None:
+    labels = ["example.com/role=db", "tier=", "k3s.io/x_y=a.b-c", f"{'a' * 63}={'b' * 63}"]
+    installed(bundle, tmp_path, signer, *[w for label in labels for w in ("--node-label", label)])
+    config = (tmp_path / "etc/rancher/k3s/config.yaml").read_text()
+    assert all(label in config for label in labels)
+
+
+# --- folders and the closing lines ----------------------------------------------------------
+
+
+def test_server_folders_and_the_state_dir_are_created_0700(
+    bundle: Path, tmp_path: Path, signer: KeyFiles
+) -> None:
+    installed(bundle, tmp_path, signer)
+    data = tmp_path / "var/lib/rancher/k3s"
+    modes = {
+        str(path.relative_to(tmp_path)): path.stat().st_mode & 0o777
+        for path in (
+            data / "server",
+            data / "server/static",
+            data / "server/static/charts",
+            data / "server/manifests",
+            tmp_path / "var/lib/k3bundle",
+            data,
+            data / "agent/images",
+            tmp_path / "usr/local/bin",
+        )
+    }
+    assert modes == {
+        "var/lib/rancher/k3s/server": 0o700,
+        "var/lib/rancher/k3s/server/static": 0o700,
+        "var/lib/rancher/k3s/server/static/charts": 0o700,
+        "var/lib/rancher/k3s/server/manifests": 0o700,
+        "var/lib/k3bundle": 0o700,
+        "var/lib/rancher/k3s": 0o755,
+        "var/lib/rancher/k3s/agent/images": 0o755,
+        "usr/local/bin": 0o755,
+    }
+
+
+def test_an_existing_server_folder_keeps_its_mode(
+    bundle: Path, tmp_path: Path, signer: KeyFiles
+) -> None:
+    server = tmp_path / "var/lib/rancher/k3s/server"
+    server.mkdir(parents=True)
+    server.chmod(0o755)  # made by someone else: k3bundle never chmods what it did not create
+    installed(bundle, tmp_path, signer)
+    assert server.stat().st_mode & 0o777 == 0o755
+    assert (server / "static").stat().st_mode & 0o777 == 0o700
+
+
+def test_server_install_ends_with_the_kubeconfig_and_a_first_command(
+    bundle: Path, tmp_path: Path, signer: KeyFiles
+) -> None:
+    result = installed(bundle, tmp_path, signer)
+    assert result.stdout.splitlines()[1:] == [
+        "Kubeconfig: /etc/rancher/k3s/k3s.yaml (k3s writes it when it starts).",
+        "Try: sudo k3s kubectl get nodes",
+    ]
+
+
+def test_kubeconfig_line_honours_write_kubeconfig_from_the_config(
+    bundle: Path, tmp_path: Path, signer: KeyFiles
+) -> None:
+    config = tmp_path / "site.yaml"
+    config.write_text("write-kubeconfig: /root/.kube/config\n")
+    result = installed(bundle, tmp_path / "root", signer, "--config", str(config))
+    assert result.stdout.splitlines()[1:] == [
+        "Kubeconfig: /root/.kube/config (k3s writes it when it starts).",
+        "Try: sudo k3s kubectl --kubeconfig /root/.kube/config get nodes",
+    ]
+
+
+def test_agent_install_prints_no_kubeconfig(bundle: Path, tmp_path: Path, signer: KeyFiles) -> None:
+    args = ("--role", "agent", "--server", SERVER_URL, "--token", TOKEN)
+    result = installed(bundle, tmp_path, signer, *args)
+    assert len(result.stdout.splitlines()) == 1 and "Kubeconfig" not in result.stdout

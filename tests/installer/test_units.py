@@ -9,6 +9,8 @@ from typing import Dict, List, Tuple
 
 import pytest
 
+from k3bundle.installer.layout import folder_mode
+from k3bundle.installer.service import XTABLES_CLEANUP, restart_commands, xtables_tools
 from k3bundle.installer.units import (
     env_from_environment,
     render_env,
@@ -366,3 +368,42 @@ def test_uninstall_stops_when_another_k3s_service_remains(
     assert [path.name for path in (installed / "systemd").iterdir()] == ["k3s-agent.service"]
     assert (installed / "data/agent/images").is_dir()
     assert not any("/etc/rancher/k3s" in line or "k3bundle" in line for line in log)
+
+
+def test_restart_commands_clean_the_firewall_only_right_before_a_start() -> None:
+    reload, enable = ["systemctl", "daemon-reload"], ["systemctl", "enable", "k3s.service"]
+    clean = ["sh", "-c", XTABLES_CLEANUP.format(tool="ip6tables")]
+    restart = ["systemctl", "restart", "--no-block", "k3s.service"]
+    assert restart_commands("k3s.service", False, xtables=["ip6tables"]) == [
+        reload,
+        enable,
+        clean,
+        restart,
+    ]
+    assert restart_commands("k3s.service", True, xtables=["ip6tables"]) == [reload, enable]
+    assert restart_commands("k3s.service", False, True, ["ip6tables"]) == [reload]
+
+
+def test_xtables_tools_needs_both_save_and_restore() -> None:
+    present = {"iptables-save", "iptables-restore", "ip6tables-save"}
+    assert xtables_tools(lambda name: f"/usr/sbin/{name}" if name in present else None) == [
+        "iptables"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "mode"),
+    [
+        ("/var/lib/rancher/k3s/server", 0o700),
+        ("/var/lib/rancher/k3s/server/static/charts", 0o700),
+        ("/srv/k3s/server/manifests", 0o700),  # a --data-dir's server folders too
+        ("/var/lib/k3bundle", 0o700),
+        ("/var/lib/k3bundle/previous/files/etc", 0o700),
+        ("/var/lib/rancher/k3s", 0o755),
+        ("/var/lib/rancher/k3s/agent/images", 0o755),
+        ("/etc/systemd/system/multi-user.target.wants", 0o755),
+        ("/var/lib/k3bundle-other", 0o755),
+    ],
+)
+def test_folder_mode_is_private_for_server_folders_and_the_state_dir(path: str, mode: int) -> None:
+    assert folder_mode(path) == mode
