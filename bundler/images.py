@@ -191,21 +191,33 @@ def _check_config_arch(cache: Cache, digest: str, arch: str, ref: Reference) -> 
         )
 
 
+def image_names(ref: Reference) -> List[Tuple[str, str]]:
+    """The names (and ref.name annotations) an image is imported under.
+
+    containerd drops the tag of `name:tag@digest`, and k3s retags and labels only tagged names,
+    so such an image gets two entries: `name:tag` (what k3s labels, what pods with the tag
+    use) and `name@digest` (what pods pinned to the digest use). A digest-only reference is
+    imported as `name@digest`; pods must use exactly that name (k3s cannot label it).
+    """
+    base = f"{ref.registry}/{ref.repository}"
+    names = [(f"{base}:{ref.tag}", ref.tag)] if ref.tag else []
+    return names + ([(f"{base}@{ref.digest}", ref.digest)] if ref.digest else [])
+
+
 def layout_index(images: Sequence[PulledImage]) -> bytes:
-    """index.json of the archive: one entry per image, annotated with its full name."""
+    """index.json of the archive: one entry per image name, annotated with the full name."""
     manifests = []
     for image in images:
-        annotations = {NAME_ANNOTATION: image.ref.name}
-        annotations[REF_ANNOTATION] = image.ref.tag or image.ref.name
-        manifests.append(
-            {
-                "mediaType": image.manifest.media_type,
-                "digest": image.manifest.digest,
-                "size": len(image.manifest.data),
-                "platform": dict(image.platform),
-                "annotations": annotations,
-            }
-        )
+        for name, ref_name in image_names(image.ref):
+            manifests.append(
+                {
+                    "mediaType": image.manifest.media_type,
+                    "digest": image.manifest.digest,
+                    "size": len(image.manifest.data),
+                    "platform": dict(image.platform),
+                    "annotations": {NAME_ANNOTATION: name, REF_ANNOTATION: ref_name},
+                }
+            )
     doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 

@@ -23,13 +23,14 @@ from k3bundle.bundler.images import (
     NAME_ANNOTATION,
     REF_ANNOTATION,
     PulledImage,
+    layout_index,
     pull,
     pull_all,
     select_manifest,
     write_archive,
 )
 from k3bundle.bundler.reference import parse_reference
-from k3bundle.bundler.registry import RegistryClient
+from k3bundle.bundler.registry import Fetched, RegistryClient
 from k3bundle.installer.errors import FetchError, IntegrityError
 from tests.oci_registry import (
     DOCKER_MANIFEST,
@@ -374,3 +375,30 @@ def test_zstd_archive_window_fits_the_k3s_decoder(
     params = zstandard.get_frame_parameters(path.read_bytes()[:18])
     assert 0 < params.window_size <= 1 << 25
     assert members(path).keys() >= {"oci-layout", "index.json"}
+
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("r.example/app:1.0", [("r.example/app:1.0", "1.0")]),
+        (
+            f"r.example/app:1.0@{DIGEST}",
+            [("r.example/app:1.0", "1.0"), (f"r.example/app@{DIGEST}", DIGEST)],
+        ),
+        (f"r.example/app@{DIGEST}", [(f"r.example/app@{DIGEST}", DIGEST)]),
+    ],
+    ids=["tag", "tag-and-digest", "digest"],
+)
+def test_archive_index_names_images_so_containerd_keeps_a_name_pods_resolve(
+    text: str, names: List[Tuple[str, str]]
+) -> None:
+    manifest = Fetched(OCI_MANIFEST, "sha256:" + "cd" * 32, b"{}")
+    platform = {"architecture": "amd64", "os": "linux"}
+    image = PulledImage(parse_reference(text), "amd64", manifest, platform, (), DIGEST)
+    index = json.loads(layout_index([image]))
+    annotations = [entry["annotations"] for entry in index["manifests"]]
+    assert [(a[NAME_ANNOTATION], a[REF_ANNOTATION]) for a in annotations] == names
+    assert {entry["digest"] for entry in index["manifests"]} == {manifest.digest}
