@@ -247,7 +247,7 @@ def resolve_host(
 def _role(options: Options, old: Mapping[str, Any]) -> Tuple[str, Optional[str], Sequence[str]]:
     """Role, server to join and k3s arguments: flags, the environment, the installed ones."""
     role, server_url, args = upstream_env.choose_role(
-        options.role, options.server_url, options.exec_args, options.environ
+        options.role, options.server_url, options.exec_args, options.environ, old.get("role")
     )
     role = role or old.get("role") or "server"
     remembered_url = old.get("server_url") if role == old.get("role") else None

@@ -102,11 +102,13 @@ def choose_role(
     server_url: Optional[str],
     exec_args: Optional[Tuple[str, ...]],
     environ: Mapping[str, str],
+    installed: Optional[str] = None,
 ) -> Tuple[Optional[str], Optional[str], Optional[Tuple[str, ...]]]:
     """Role, server and k3s arguments from flags, then the environment (None: not said here).
 
     As in install.sh, a leading server/agent word is the command, and K3S_URL without one means
-    an agent; --server (k3bundle's flag) joins as a server unless --role says otherwise.
+    an agent; --server (k3bundle's flag) joins as a server unless --role says otherwise. A server
+    (`installed`) is never turned into an agent by that default alone.
     """
     word, args = split_command(exec_args)
     if role and word and word != role:
@@ -115,7 +117,13 @@ def choose_role(
             f"Drop one of them (the arguments may begin with {role}, or with a --flag).",
         )
     env_url = environ.get("K3S_URL") or None
-    implied = "agent" if env_url and not server_url else None
+    implied = "agent" if env_url and not server_url and not (role or word) else None
+    if implied and installed == "server":
+        raise UsageError(
+            "K3S_URL without a server or agent command means an agent, but this host is a server",
+            "Keep the server with INSTALL_K3S_EXEC=server (or --role server); make it an agent "
+            "with --role agent.",
+        )
     return role or word or implied, server_url or env_url, args
 
 

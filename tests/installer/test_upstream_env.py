@@ -129,6 +129,20 @@ def test_k3s_url_that_is_not_https_is_refused_naming_k3s_url(
     assert line == "Error: K3S_URL 'http://10.0.0.1:6443' is not an https:// URL"
 
 
+def test_k3s_url_alone_never_turns_an_installed_server_into_an_agent(
+    small_bundle: Path, tmp_path: Path, signer: KeyFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    installed(small_bundle, tmp_path, signer)
+    monkeypatch.setenv("K3S_URL", SERVER_URL)
+    monkeypatch.setenv("K3S_TOKEN", TOKEN)
+    line = refused(small_bundle, tmp_path, signer)
+    assert "K3S_URL without a server or agent command means an agent" in line
+    monkeypatch.setenv("INSTALL_K3S_EXEC", "server")  # what the hint says: keep the server
+    installed(small_bundle, tmp_path, signer)
+    assert env_file(tmp_path)["K3S_URL"] == SERVER_URL
+    assert not (tmp_path / SYSTEMD / "k3s-agent.service").exists()
+
+
 @pytest.mark.parametrize(
     "words", [["--exec", "--disable=traefik"], ["--exec=--disable=traefik"]], ids=["two", "one"]
 )
