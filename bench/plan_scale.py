@@ -4,7 +4,8 @@ For N = 100, 1,000, 10,000 and 100,000 payload entries this times what `install`
 first payload byte is placed: `manifest.parse` of the canonical bytes, `plan_install`, and one
 `Plan.placement_for` per entry (the install loop's lookup). It prints seconds, microseconds per
 entry, and the per-entry cost relative to N = 1,000. Linear work keeps the ratio near 1; the
-quadratic lookup this replaced made 96,000 entries take 17 minutes. Goal: ratio <= 3 at every N from 1,000 up.
+quadratic lookup this replaced made 96,000 entries take 17 minutes. Goal: ratio <= 3 at every N
+from 1,000 up.
 
     .venv/bin/python bench/plan_scale.py [--sizes 100,1000,10000,100000] [--runs 3] [--strict]
 """
