@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import shlex
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,6 +265,12 @@ def _opened(file: Union[int, Path]) -> Iterator[int]:
 
 
 def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        # upstream's install.sh writes `export`'s output: K3S_TOKEN='a'\''b' (an adopted env file)
+        try:
+            return "".join(shlex.split(value))
+        except ValueError:
+            return value
     if len(value) >= 2 and value[0] == value[-1] == '"':
         out, escaped = [], False
         for char in value[1:-1]:

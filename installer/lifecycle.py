@@ -18,7 +18,15 @@ from .install import note_pending, recover
 from .layout import DATA_DIR, PREVIOUS_DIR, RECORD_PATH, STATE_DIR, kept_copy, placeable_file
 from .lock import HostLock, locked
 from .record import Record, RecordError, RecordFile, RecordLink
-from .service import Report, Runner, is_host_root, restart_commands, run_all, stop_commands
+from .service import (
+    Report,
+    Runner,
+    is_host_root,
+    restart_commands,
+    run_all,
+    stop_commands,
+    xtables_tools,
+)
 from .transaction import Change, Journal
 
 # What upstream's uninstall script deletes beyond the files it placed (k3s-facts.md §3.11);
@@ -128,7 +136,7 @@ def rollback(
     )
     unit = f"{units.service_name(previous.role)}.service"
     if is_host_root(root):
-        run_all(restart_commands(unit, no_start), report, runner)
+        run_all(restart_commands(unit, no_start, xtables=xtables_tools()), report, runner)
     return {"from": was, "to": previous.k3s_version}
 
 

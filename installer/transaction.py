@@ -9,8 +9,8 @@ command finishes a commit that was cut off: the host is always either the old in
 new one.
 
 The journal is a file on the host like any other, so it is data, not authority: every path in it
-is a target path (never a host path), and `_checked` refuses any that an install could not have
-written for its plan (layout.py) before a single one is acted on.
+is a target path (never a host path), and journal_rules.py refuses any that an install could not
+have written for its plan before a single one is acted on.
 """
 
 from __future__ import annotations
@@ -21,29 +21,22 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
-from .errors import InstallError, host_error
+from .errors import host_error
+from .journal_rules import JOURNAL_FORMAT, JournalError, checked, repair
 from .jsondoc import load_json
 from .layout import (
-    ANY_DATA_DIR,
     JOURNAL_PATH,
     NEXT_PREVIOUS_DIR,
     PREVIOUS_DIR,
-    STAGED_SUFFIX,
     STATE_DIR,
-    SYSTEMD_DIR,
     incoming_copy,
-    is_normal_path,
     kept_copy,
-    placeable_file,
-    placeable_folder,
-    placeable_link,
     staged_name,
 )
 from .rootfs import RootFS, make_folders, open_new, read_file, remove_file
 
-JOURNAL_FORMAT = "k3bundle-journal/v1"
 MAX_JOURNAL_BYTES = 64 * 1024 * 1024
 
 
@@ -57,10 +50,6 @@ class Change:
     unlinks: List[str] = field(default_factory=list)
     backups: List[str] = field(default_factory=list)  # targets whose current file is kept
     keep_previous: bool = True  # False (uninstall): drop the previous generation too
-
-
-class JournalError(InstallError):
-    """A journal that names what k3bundle would never have written: refused, never obeyed."""
 
 
 class Journal:
@@ -93,7 +82,7 @@ class Journal:
         if data is None:
             return self._unwritten()
         # Written whole and fsynced before its rename: a journal that does not parse is not ours.
-        return _checked(load_json(data, str(self.path), JournalError, _repair(self.path)), self)
+        return checked(load_json(data, str(self.path), JournalError, repair(self.path)), self.path)
 
     def _unwritten(self) -> Optional[Dict[str, Any]]:
         """Cut off while writing the first journal: nothing was staged or changed yet, but the
@@ -103,7 +92,7 @@ class Journal:
             return None
         doc: Any = None
         with contextlib.suppress(JournalError):
-            doc = _checked(load_json(data, str(self._tmp), JournalError), self)
+            doc = checked(load_json(data, str(self._tmp), JournalError), self._tmp)
         staging = isinstance(doc, dict) and doc.get("state") == "staging"
         return {"state": "staging", "staged": [], "dirs": doc["dirs"] if staging else []}
 
@@ -138,7 +127,7 @@ class Journal:
 
     def commit(self, change: Change) -> None:
         """Back up, apply, keep the previous generation; resumable at every step."""
-        doc = _checked({"state": "backup", "change": asdict(change)}, self)
+        doc = checked({"state": "backup", "change": asdict(change)}, self.path)
         self._write(doc)
         self._finish(doc)
 
@@ -234,94 +223,6 @@ class Journal:
             with contextlib.suppress(FileNotFoundError):
                 remove_file(previous)  # a link or file planted where the folder goes
             os.replace(incoming, previous)
-
-
-def _checked(doc: Any, journal: Journal) -> Dict[str, Any]:
-    """The journal document, once every path in it is one k3bundle could have written."""
-    where = journal.path
-
-    def refuse(what: str) -> JournalError:
-        return JournalError(f"{where} {what}", _repair(where))
-
-    if not isinstance(doc, dict) or doc.get("format", JOURNAL_FORMAT) != JOURNAL_FORMAT:
-        raise refuse("is not a k3bundle journal")
-    state = doc.get("state")
-    if state == "staging":
-        staged, dirs = _texts(doc.get("staged"), refuse), _texts(doc.get("dirs"), refuse)
-        for path in staged:
-            target = _unstaged(path)
-            if not _placeable(target) or staged_name(target) != path:
-                raise refuse(f"names {path!r}, which no install stages")
-        targets = [_unstaged(path) for path in staged]
-        for folder in dirs:
-            # A folder under a custom data dir only on the way to a file this journal stages.
-            below = any(target.startswith(folder + "/") for target in targets)
-            normal = is_normal_path(folder) and folder != "/"
-            if not placeable_folder(folder) and not (below and normal):
-                raise refuse(f"names the folder {folder!r}, which no install creates")
-        return {"state": state, "staged": staged, "dirs": dirs}
-    if state not in ("backup", "apply") or not isinstance(doc.get("change"), dict):
-        raise refuse(f"has the unknown state {state!r}")
-    return {"state": state, "change": _checked_change(doc["change"], refuse)}
-
-
-def _checked_change(
-    change: Dict[str, Any], refuse: Callable[[str], JournalError]
-) -> Dict[str, Any]:
-    keys = {"moves", "removals", "links", "unlinks", "backups", "keep_previous"}
-    if set(change) != keys or not isinstance(change["keep_previous"], bool):
-        raise refuse("holds a change of the wrong shape")
-    for source, target in _pairs(change["moves"], refuse):
-        if not _placeable(target) or source not in (staged_name(target), kept_copy(target)):
-            raise refuse(f"moves {source!r} over {target!r}, which no install does")
-    for key in ("removals", "backups"):
-        if not all(_placeable(p) for p in _texts(change[key], refuse)):
-            raise refuse(f"lists {key} that k3bundle never placed")
-    for path, target in _pairs(change["links"], refuse):
-        if not placeable_link(path, target):
-            raise refuse(f"makes the link {path!r} -> {target!r}, which no install makes")
-    if not all(_link_path(p) for p in _texts(change["unlinks"], refuse)):
-        raise refuse("removes links that k3bundle never made")
-    return change
-
-
-def _placeable(path: str) -> bool:
-    # A journal does not name k3s's data dir (a rollback may even move between two): payload
-    # paths pass under any data dir k3bundle accepts (layout.data_dir_problem), nowhere else.
-    return placeable_file(path, ANY_DATA_DIR)
-
-
-def _texts(value: Any, refuse: Callable[[str], JournalError]) -> List[str]:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise refuse("holds a list that is not a list of texts")
-    return list(value)
-
-
-def _pairs(value: Any, refuse: Callable[[str], JournalError]) -> List[Tuple[str, str]]:
-    items = value if isinstance(value, (list, tuple)) else [None]
-    if not all(isinstance(v, (list, tuple)) and len(v) == 2 for v in items):
-        raise refuse("holds pairs of the wrong shape")
-    return [(a, b) for a, b in (_texts(v, refuse) for v in items)]
-
-
-def _link_path(path: str) -> bool:
-    unit = f"{SYSTEMD_DIR}/{os.path.basename(path)}"
-    return placeable_link(path, "k3s") or placeable_link(path, unit)
-
-
-def _unstaged(path: str) -> str:
-    """The target a staged name stands for (`/a/.b.k3bundle-tmp` -> `/a/b`)."""
-    folder, name = os.path.split(path)
-    if not (name.startswith(".") and name.endswith(STAGED_SUFFIX)):
-        return ""
-    return f"{folder}/{name[1 : -len(STAGED_SUFFIX)]}"
-
-
-def _repair(where: Path) -> str:
-    return (
-        f"k3bundle did not write {where} as it is now. Check the installation with 'k3bundle "
-        f"status', then move the journal away (nothing has been changed)."
-    )
 
 
 def _tuples(key: str, value: Any) -> Any:

@@ -243,3 +243,15 @@ def test_journal_commit_of_a_replaced_link_keeps_no_copy_of_it(root: Path) -> No
     commit(dest, [], [Link("/usr/local/bin/kubectl", "k3s")])
     assert os.readlink(link) == "k3s"
     assert not (root / "var/lib/k3bundle/previous/files/usr/local/bin/kubectl").exists()
+
+
+def test_read_env_reads_upstreams_single_quoted_export_lines(root: Path) -> None:
+    """An env file upstream's install.sh wrote (taken over with --adopt) keeps its values."""
+    env = root / "etc/systemd/system/k3s.service.env"
+    env.parent.mkdir(parents=True)
+    env.write_text("K3S_TOKEN='it'\\''s s3cret'\nHTTPS_PROXY='http://proxy:3128'\n")
+    dest = HostDestination(str(root))
+    assert dest.read_env("/etc/systemd/system/k3s.service.env") == {
+        "K3S_TOKEN": "it's s3cret",
+        "HTTPS_PROXY": "http://proxy:3128",
+    }
