@@ -87,6 +87,9 @@ class Manifest:
     entries: Tuple[Entry, ...]
     install: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Not part of the manifest: which architectures the archive holds, when the reader has
+    # looked (a slice holds fewer than `architectures`); None means all of them.
+    held: Optional[Tuple[str, ...]] = field(default=None, compare=False)
 
     def to_json(self) -> Dict[str, Any]:
         """The manifest as a JSON-ready dict."""
@@ -117,6 +120,14 @@ class Manifest:
                 f"the bundle has no k3s binary for architecture {arch} (it carries: {have})",
                 f"Use a bundle built with 'k3bundle build --arch {arch}', or pass --arch "
                 f"({have}) if the host was detected wrongly.",
+            )
+        if self.held is not None and arch not in self.held:
+            holds = ", ".join(self.held)
+            raise ArchError(
+                f"the bundle is a slice that holds only {holds} (of "
+                f"{', '.join(self.architectures)}): it has no files for architecture {arch}",
+                f"Take the slice for {arch} ('k3bundle slice BUNDLE --arch {arch}') or the full "
+                f"bundle, or pass --arch ({holds}) if the host was detected wrongly.",
             )
         return tuple(e for e in self.entries if e.arch is None or e.arch == arch)
 

@@ -113,12 +113,14 @@ class PartsReader(io.RawIOBase):
 
     Read as a stream, every byte is hashed on the way. Once `hash_in(pool)` is called, each part
     is hashed whole by a PartJob on the pool instead, and member data can be taken in place
-    (`take`) to be copied and hashed by the kernel and the pool.
+    (`take`) to be copied and hashed by the kernel and the pool. With `check=False` nothing is
+    hashed and `take` always skips: for reading the member headers up front, never for payload.
     """
 
-    def __init__(self, parts: Sequence[Part]) -> None:
+    def __init__(self, parts: Sequence[Part], check: bool = True) -> None:
         super().__init__()
         self._parts = list(parts)
+        self._check = check
         self._current: Optional[IO[bytes]] = None
         self._hash = hashlib.sha256()
         self._next = 0
@@ -143,7 +145,7 @@ class PartsReader(io.RawIOBase):
             assert self._current is not None
             count = self._current.readinto(buffer)  # type: ignore[attr-defined]
             if count:
-                if self._pool is None:
+                if self._pool is None and self._check:
                     self._hash.update(memoryview(buffer)[:count])
                 return int(count)
             self._finish_part()
@@ -154,7 +156,7 @@ class PartsReader(io.RawIOBase):
         None while parts are hashed as a stream (every byte must pass through the hash). Fewer
         bytes than asked when the parts end first.
         """
-        if self._pool is None:
+        if self._pool is None and self._check:
             return None
         segments: List[Segment] = []
         while size > 0 and (self._current is not None or self._open_next()):
@@ -208,7 +210,7 @@ class PartsReader(io.RawIOBase):
         self._current.close()
         self._current = None
         self._next += 1
-        if self._pool is None and self._hash.hexdigest() != part.sha256:
+        if self._pool is None and self._check and self._hash.hexdigest() != part.sha256:
             raise damaged_part(part.path.name)
 
     def close(self) -> None:

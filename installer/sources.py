@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import (
     IO,
@@ -17,6 +17,7 @@ from typing import (
     Dict,
     Iterator,
     List,
+    Mapping,
     Optional,
     Sequence,
     Tuple,
@@ -42,6 +43,7 @@ from .manifest import (
     check_member_path,
 )
 from .parts import PartsReader, resolve_parts
+from .slices import Holding, decide_holding, scan_member_names
 from .tarstream import END_BLOCKS, RawReader, TarStream
 
 _PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
@@ -55,8 +57,9 @@ class VerifyingStream:
     `verify_in`).
     """
 
-    def __init__(self, tar: TarStream, entry: Entry, bundle: str) -> None:
+    def __init__(self, tar: TarStream, entry: Entry, bundle: str, mtime: int = 0) -> None:
         self._tar, self.entry, self.bundle = tar, entry, bundle
+        self.mtime = mtime  # the member's tar mtime, which a slice keeps
         self._hash = hashlib.sha256()
         self._seen = 0
         self.checked = False
@@ -139,6 +142,7 @@ class Header:
 
     manifest: bytes
     signature: Optional[bytes]
+    mtimes: Mapping[str, int] = field(default_factory=dict)  # member name → tar mtime
 
 
 class BundleSource:
@@ -154,6 +158,8 @@ class BundleSource:
         self._raw: RawReader = self._parts_reader or open(self.path, "rb", buffering=0)  # noqa: SIM115
         self._tar = TarStream(self._raw, self.name)
         self._pending: Optional[tarfile.TarInfo] = None
+        self._mtimes: Dict[str, int] = {}
+        self._holding: Optional[Holding] = None
 
     def __enter__(self) -> BundleSource:
         return self
@@ -175,7 +181,28 @@ class BundleSource:
         """Read the manifest member and, if present, the signature member."""
         manifest = self._small_member(MANIFEST_NAME, required=True)
         assert manifest is not None
-        return Header(manifest, self._small_member(SIGNATURE_NAME, required=False))
+        signature = self._small_member(SIGNATURE_NAME, required=False)
+        return Header(manifest, signature, dict(self._mtimes))
+
+    def holding(self, manifest: Manifest) -> Holding:
+        """Which architectures the archive holds, from its member headers (read once, up front).
+
+        Read through a second handle that seeks from header to header, so the streaming pass
+        knows before its first payload byte which members a slice leaves out.
+        """
+        if self._holding is None:
+            raw = self._scan_reader()
+            try:
+                names, complete = scan_member_names(raw, self.name)
+            finally:
+                cast(IO[bytes], raw).close()
+            self._holding = decide_holding(manifest, names, complete, self.name)
+        return self._holding
+
+    def _scan_reader(self) -> RawReader:
+        if self.parts:
+            return PartsReader(self.parts, check=False)
+        return open(self.path, "rb", buffering=0)  # closed by the caller
 
     def _small_member(self, name: str, required: bool) -> Optional[bytes]:
         info = self._first_member() if required else self._next_member(name)
@@ -193,6 +220,7 @@ class BundleSource:
                 f"{name} in {self.name} is {info.size} bytes, more than the {limit} a k3bundle/v1 "
                 "bundle allows"
             )
+        self._mtimes[name] = int(info.mtime)
         data: bytes = self._tar.read_all()
         return data
 
@@ -222,8 +250,11 @@ class BundleSource:
             raise
 
     def _payload(self, manifest: Manifest) -> Iterator[Tuple[Entry, VerifyingStream]]:
-        expected = list(manifest.entries)
+        # A slice leaves out whole architectures: those entries are skipped, never looked for.
+        holding = self.holding(manifest)
+        expected = [e for e in manifest.entries if holding.expects(e)]
         by_path = {e.path: e for e in expected}
+        left_out = {e.path: e for e in manifest.entries if e.path not in by_path}
         for position, entry in enumerate(expected):
             info = self._next_member(entry.path)
             if info is None:
@@ -233,6 +264,8 @@ class BundleSource:
                 )
             _check_type(info, self.name)
             check_member_path(info.name)
+            if info.name in left_out:
+                raise _left_out(left_out[info.name], self.name)
             if info.name != entry.path:
                 raise _misplaced(info.name, entry, by_path, expected[:position], self.name)
             if info.size != entry.size:
@@ -240,14 +273,16 @@ class BundleSource:
                     f"{info.name} in {self.name} has {info.size} bytes, "
                     f"the manifest says {entry.size}"
                 )
-            stream = VerifyingStream(self._tar, entry, self.name)
+            stream = VerifyingStream(self._tar, entry, self.name, int(info.mtime))
             yield entry, stream
             stream.drain()
-        self._expect_end(by_path)
+        self._expect_end(by_path, left_out)
 
-    def _expect_end(self, by_path: Dict[str, Entry]) -> None:
+    def _expect_end(self, by_path: Dict[str, Entry], left_out: Dict[str, Entry]) -> None:
         extra = self._next_member()
         if extra is not None:
+            if extra.name in left_out:
+                raise _left_out(left_out[extra.name], self.name)
             if extra.name in by_path:
                 raise FormatError(f"{self.name} holds {extra.name} twice (a duplicate path)")
             raise FormatError(
@@ -276,6 +311,14 @@ def _check_type(info: tarfile.TarInfo, bundle: str) -> None:
         raise FormatError(
             f"{bundle}: member {info.name!r} is {what}; bundles hold regular files only"
         )
+
+
+def _left_out(entry: Entry, bundle: str) -> K3BundleError:
+    """A member of an architecture the archive's headers said it leaves out (it changed since)."""
+    return FormatError(
+        f"{bundle} holds {entry.path} of architecture {entry.arch}, whose other files it "
+        "leaves out: a slice holds all of an architecture's files or none"
+    )
 
 
 def _misplaced(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from .progress import human_size
 
@@ -31,8 +31,10 @@ def inspect_lines(summary: Dict[str, Any]) -> List[str]:
         f"bundle id:     {summary['bundle_id']}",
         f"k3s version:   {summary['k3s_version']}",
         f"architectures: {', '.join(summary['architectures'])}",
+        *slice_lines(summary),
         f"signed by:     {signed}",
-        f"payload:       {len(summary['files'])} files, {human_size(summary['size'])}",
+        f"payload:       {len(summary['files'])} files, {human_size(summary['size'])}"
+        + _held_part(summary),
     ]
     for part in summary.get("parts", []):
         out.append(f"part:          {part['name']} ({human_size(part['size'])})")
@@ -52,9 +54,10 @@ def inspect_lines(summary: Dict[str, Any]) -> List[str]:
         source = (
             origin.get("url") or origin.get("images") or origin.get("generated") or "local file"
         )
+        absent = "" if _held(summary, item) else "  (not in this slice)"
         out.append(
             f"  {item['kind']:<18} {item['arch'] or '-':<6} "
-            f"{human_size(item['size']):>10}  {item['path']}"
+            f"{human_size(item['size']):>10}  {item['path']}{absent}"
         )
         out.append(f"  {'':<18} sha256 {item['sha256']}  from {source}")
     return out
@@ -68,7 +71,41 @@ def verify_lines(summary: Dict[str, Any]) -> List[str]:
         if signer
         else "unsigned (allowed by --allow-unsigned)"
     )
-    return [
-        f"OK: {summary['bundle']} — k3s {summary['k3s_version']}, {len(summary['files'])} files, "
-        f"{human_size(summary['size'])} verified; {how}."
+    files = _held_files(summary)
+    size = sum(item["size"] for item in files)
+    lines = [
+        f"OK: {summary['bundle']} — k3s {summary['k3s_version']}, {len(files)} files, "
+        f"{human_size(size)} verified; {how}."
     ]
+    held = summary.get("slice")
+    if held:
+        lines.append(
+            f"It is a slice: it holds {', '.join(held['holds'])} of {', '.join(held['of'])} "
+            f"and installs only {' or '.join(held['holds'])}."
+        )
+    return lines
+
+
+def slice_lines(summary: Dict[str, Any]) -> List[str]:
+    """The line saying what a slice holds (none for a full bundle)."""
+    held: Optional[Dict[str, Any]] = summary.get("slice")
+    if not held:
+        return []
+    return [f"slice:         holds {', '.join(held['holds'])} of {', '.join(held['of'])}"]
+
+
+def _held_part(summary: Dict[str, Any]) -> str:
+    if not summary.get("slice"):
+        return ""
+    files = _held_files(summary)
+    return f" (this slice holds {len(files)}, {human_size(sum(f['size'] for f in files))})"
+
+
+def _held_files(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
+    return [item for item in summary["files"] if _held(summary, item)]
+
+
+def _held(summary: Dict[str, Any], item: Dict[str, Any]) -> bool:
+    """Whether the archive holds this file (a slice leaves out other architectures' files)."""
+    held = summary.get("slice")
+    return not held or item["arch"] is None or item["arch"] in held["holds"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import TrustError
@@ -11,6 +11,7 @@ from .hashing import HashPool
 from .manifest import Manifest, parse
 from .progress import Progress
 from .signature import PublicKey, backend_name, load_trusted_keys, parse_signature, verify
+from .slices import Holding, full_holding
 from .sources import BundleSource, Header
 
 
@@ -51,15 +52,20 @@ def authenticate(
 def open_authenticated(
     bundle: str, pubkeys: Sequence[str], root: str, allow_unsigned: bool
 ) -> tuple[BundleSource, Authenticated]:
-    """Open a bundle and authenticate its manifest before any payload byte is read."""
+    """Open a bundle and authenticate its manifest before any payload byte is read.
+
+    The manifest returned knows which architectures the archive holds (`held`), so a slice
+    refuses to plan an install of an architecture it leaves out.
+    """
     keys = load_trusted_keys(pubkeys, root)
     source = BundleSource(bundle)
     try:
         auth = authenticate(source.read_header(), keys, allow_unsigned, source.name)
+        held = source.holding(auth.manifest).holds
     except BaseException:
         source.close()
         raise
-    return source, auth
+    return source, replace(auth, manifest=replace(auth.manifest, held=held))
 
 
 def verify_bundle(
@@ -68,13 +74,15 @@ def verify_bundle(
     """Verify signature, every member and every part in one pass; return a summary."""
     source, auth = open_authenticated(bundle, pubkeys, root, allow_unsigned)
     with source:
-        progress.start(f"Verifying {source.name}", sum(e.size for e in auth.manifest.entries))
+        holding = source.holding(auth.manifest)
+        held = [e for e in auth.manifest.entries if holding.expects(e)]
+        progress.start(f"Verifying {source.name}", sum(e.size for e in held))
         with HashPool(progress.advance) as pool:
             for _entry, stream in source.payload(auth.manifest, pool):
                 stream.verify_in(pool, progress.advance)
             pool.finish()
         progress.finish()
-    summary = describe(auth.manifest, auth.bundle_id, source.name)
+    summary = describe(auth.manifest, auth.bundle_id, source.name, holding)
     summary.update(verified=True, signed_by=auth.key.key_id if auth.key else None)
     summary["verifier"] = backend_name() if auth.key else None
     return summary
@@ -84,18 +92,21 @@ def inspect_bundle(bundle: str) -> Dict[str, Any]:
     """Describe a bundle from its manifest alone (no payload hashing, no trust needed)."""
     with BundleSource(bundle) as source:
         header = source.read_header()
-        summary = describe(
-            parse(header.manifest), hashlib.sha256(header.manifest).hexdigest(), source.name
-        )
+        manifest = parse(header.manifest)
+        bundle_id = hashlib.sha256(header.manifest).hexdigest()
+        summary = describe(manifest, bundle_id, source.name, source.holding(manifest))
         signature = parse_signature(header.signature) if header.signature else None
         summary["signed_by"] = signature.key_id if signature else None
         summary["parts"] = [{"name": p.path.name, "size": p.size} for p in source.parts or []]
     return summary
 
 
-def describe(manifest: Manifest, bundle_id: str, name: str) -> Dict[str, Any]:
-    """The manifest as a JSON-ready summary."""
+def describe(
+    manifest: Manifest, bundle_id: str, name: str, holding: Optional[Holding] = None
+) -> Dict[str, Any]:
+    """The manifest as a JSON-ready summary; `slice` says what a slice holds (else null)."""
     files: List[Dict[str, Any]] = [e.to_json() for e in manifest.entries]
+    holding = holding or full_holding(manifest)
     return {
         "bundle": name,
         "bundle_id": bundle_id,
@@ -106,4 +117,5 @@ def describe(manifest: Manifest, bundle_id: str, name: str) -> Dict[str, Any]:
         "install": dict(manifest.install),
         "images": list(manifest.extra.get("images") or []),
         "charts": list(manifest.extra.get("charts") or []),
+        "slice": holding.to_json(),
     }
