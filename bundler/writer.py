@@ -62,7 +62,7 @@ class BundleOutput:
     sha256s: Dict[str, str] = field(default_factory=dict)
 
 
-class _PartWriter:
+class PartWriter:
     """A sink that writes parts of at most `limit` bytes (or one file when no limit).
 
     Each part's sha256 (for SHA256SUMS and the parts index) is computed by a HashJob on its own
@@ -158,7 +158,8 @@ class _PartWriter:
             _tmp_name(self.target.with_name(name)).unlink(missing_ok=True)
 
 
-def _tar_header(name: str, size: int, mode: int, mtime: int) -> bytes:
+def tar_header(name: str, size: int, mode: int, mtime: int) -> bytes:
+    """A member's pax header block(s): uid/gid 0, no user names, the given mode and mtime."""
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = size, mode, mtime
     info.uid = info.gid = 0
@@ -166,12 +167,13 @@ def _tar_header(name: str, size: int, mode: int, mtime: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
 
 
-def _padding(size: int) -> bytes:
+def padding(size: int) -> bytes:
+    """The zeros that fill a member's data up to the next 512-byte block."""
     return b"\0" * (-size % BLOCK)
 
 
 def _copy_member(
-    sink: _PartWriter, entry: Entry, local: Path, checks: Optional[_InputChecks], progress: Progress
+    sink: PartWriter, entry: Entry, local: Path, checks: Optional[_InputChecks], progress: Progress
 ) -> None:
     """Copy a payload file into the bundle with the kernel; re-verify it unless it was just made.
 
@@ -189,7 +191,7 @@ def _copy_member(
             sink.copy_from(handle.fileno(), size, progress)
         except EOFError:
             raise _changed(local, "fewer bytes", f"{entry.size} bytes") from None
-    sink.write(_padding(size))
+    sink.write(padding(size))
 
 
 class _InputChecks:
@@ -317,20 +319,28 @@ def stage_bundle(
     if missing:
         raise UsageError(f"no local file given for bundle member {missing[0]}")
     data = manifest.to_bytes()
-    sink = _PartWriter(target, split)
+    sink = PartWriter(target, split)
     stale = any(e.path not in fresh for e in manifest.entries)
     checks = _InputChecks() if stale else None
     try:
         _write_members(sink, manifest, data, files, signer, progress, checks, fresh)
         if checks is not None:
             checks.finish()
-        renames = sink.finish()
     except BaseException:
         if checks is not None:
             checks.close()
         sink.abort()
         raise
-    bundle_id = hashlib.sha256(data).hexdigest()
+    return stage_written(target, sink, hashlib.sha256(data).hexdigest(), split)
+
+
+def stage_written(target: Path, sink: PartWriter, bundle_id: str, split: Optional[int]) -> Staged:
+    """Close the last part of a fully written bundle and stage its parts index (when split)."""
+    try:
+        renames = sink.finish()
+    except BaseException:
+        sink.abort()
+        raise
     sha256s = {str(p["name"]): str(p["sha256"]) for p in sink.written}
     paths = [final for _, final in renames]
     staged = Staged(BundleOutput(paths, bundle_id, sink.total, None, sha256s), renames)
@@ -346,7 +356,7 @@ def stage_bundle(
 
 
 def _write_members(
-    sink: _PartWriter,
+    sink: PartWriter,
     manifest: Manifest,
     data: bytes,
     files: Mapping[str, Path],
@@ -360,16 +370,26 @@ def _write_members(
     if signer is not None:
         small.append((SIGNATURE_NAME, signer(data).to_bytes()))
     for name, blob in small:
-        sink.write(_tar_header(name, len(blob), 0o644, mtime) + blob + _padding(len(blob)))
+        write_small_member(sink, name, blob, mtime)
     for entry in manifest.entries:
-        sink.write(_tar_header(entry.path, entry.size, entry.mode, mtime))
+        sink.write(tar_header(entry.path, entry.size, entry.mode, mtime))
         check = checks if entry.path not in fresh else None
         _copy_member(sink, entry, files[entry.path], check, progress)
+    write_end(sink)
+
+
+def write_small_member(sink: PartWriter, name: str, blob: bytes, mtime: int) -> None:
+    """Append the manifest or signature member (mode 0644) with its data."""
+    sink.write(tar_header(name, len(blob), 0o644, mtime) + blob + padding(len(blob)))
+
+
+def write_end(sink: PartWriter) -> None:
+    """Append the end-of-archive blocks, padded to a whole 10 KiB record as tar does."""
     end = 2 * BLOCK
     sink.write(b"\0" * (end + (-(sink.total + end) % RECORD)))
 
 
-def _parts_index(target: Path, sink: _PartWriter, bundle_id: str) -> Callable[[Path], object]:
+def _parts_index(target: Path, sink: PartWriter, bundle_id: str) -> Callable[[Path], object]:
     doc: Dict[str, Any] = {"format": PARTS_FORMAT, "bundle": target.name, "bundle_id": bundle_id}
     doc.update(size=sink.total, parts=sink.written)
     text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
