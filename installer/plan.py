@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from . import node_rules, units, upstream_env
-from .config import apply_layer, as_list, dump_yaml
+from . import units
+from .config import dump_yaml
 from .errors import UsageError
+from .host_settings import merge_config, resolve_host
 from .layout import (
     ADMIN_CONFIG,
     BIN_DIR,
@@ -31,6 +32,7 @@ from .layout import (
     placeable_folder,
 )
 from .manifest import Entry, Manifest, canonical_json
+from .options import HostSettings, Options
 from .record import RECORD_FORMAT, Record, RecordFile, RecordLink
 
 __all__ = [
@@ -41,6 +43,10 @@ __all__ = [
     "LINKED_COMMANDS",
     "RECORD_FORMAT",
     "RECORD_PATH",
+    "HostSettings",
+    "Options",
+    "merge_config",
+    "resolve_host",
 ]
 
 SERVER_ONLY = ("chart", "helmchart-manifest")
@@ -53,55 +59,6 @@ TARGETS: Mapping[str, Tuple[Optional[Callable[[str], str]], int]] = {
     "chart": (charts_dir, 0o644),
     "helmchart-manifest": (manifests_dir, 0o600),
 }
-
-
-@dataclass(frozen=True)
-class Options:
-    """Everything the user chose for one install, built by the CLI."""
-
-    bundle: str
-    root: str = "/"
-    pubkeys: Tuple[str, ...] = ()
-    allow_unsigned: bool = False
-    arch: Optional[str] = None
-    dry_run: bool = False
-    no_start: bool = False
-    skip_enable: bool = False  # INSTALL_K3S_SKIP_ENABLE=true: no enable, no start
-    force_restart: bool = False  # INSTALL_K3S_FORCE_RESTART=true: restart even if unchanged
-    symlink: Optional[str] = None  # INSTALL_K3S_SYMLINK: skip, force, or None (when absent)
-    token: Optional[str] = None
-    token_file: Optional[str] = None
-    exec_args: Optional[Tuple[str, ...]] = None  # None: as the installed generation had it
-    role: Optional[str] = None  # None: as installed, else server
-    server_url: Optional[str] = None
-    cluster_init: bool = False
-    config: Optional[Mapping[str, Any]] = None  # --config FILE, parsed
-    node_labels: Tuple[str, ...] = ()
-    tls_sans: Tuple[str, ...] = ()
-    node_name: Optional[str] = None
-    image_cache: bool = False
-    allow_downgrade: bool = False
-    adopt: bool = False
-    sync: bool = False  # flush every written file to disk before the commit
-    wait: bool = True  # another k3bundle holds the root's lock: wait for it (else refuse)
-    environ: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class HostSettings:
-    """What this install will write, resolved from the options, the bundle and the host."""
-
-    role: str = "server"
-    bin_dir: str = BIN_DIR
-    exec_args: Tuple[str, ...] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
-    config: Mapping[str, Any] = field(default_factory=dict)
-    image_cache: bool = False
-    remembered: Mapping[str, Any] = field(default_factory=dict)  # non-secret, for the record
-    user_config: Mapping[str, Any] = field(default_factory=dict)  # --config, kept for upgrades
-    data_dir: str = DATA_DIR  # k3s's data dir, as k3s will see it (host_config.py)
-    registries: Optional[Mapping[str, Any]] = None  # merged with the admin's; None: the bundle's
-    admin_state: Optional[bytes] = None  # admin-config.json (admin_config.py)
 
 
 @dataclass(frozen=True)
@@ -207,101 +164,6 @@ def _command_links(bin_dir: str, existing: Set[str], symlink: Optional[str]) -> 
         return []
     wanted = [c for c in LINKED_COMMANDS if symlink == "force" or c not in existing]
     return [Link(f"{bin_dir}/{c}", "k3s") for c in wanted]
-
-
-def resolve_host(
-    options: Options,
-    manifest: Manifest,
-    previous: Optional[Record] = None,
-    previous_env: Optional[Mapping[str, str]] = None,
-    bin_dir: str = BIN_DIR,
-    previous_config: Optional[Mapping[str, Any]] = None,
-) -> HostSettings:
-    """Merge options over what the installed generation used, then check upstream's rules."""
-    old = dict(previous.options) if previous is not None else {}
-    role, server_url, exec_args = _role(options, old)
-    env = _env(options, previous_env or {}, server_url)
-    _check_role(role, server_url, env, options)
-    service = units.service_name(role)
-    upstream_env.check_context(options.environ, manifest.k3s_version, bin_dir, service)
-    image_cache = options.image_cache or bool(old.get("image_cache"))
-    remembered: Dict[str, Any] = {
-        "role": role,
-        "server_url": server_url,
-        "cluster_init": options.cluster_init or bool(old.get("cluster_init")),
-        "exec_args": list(exec_args),
-        "node_labels": list(options.node_labels or old.get("node_labels") or []),
-        "tls_sans": list(options.tls_sans or old.get("tls_sans") or []),
-        "node_name": options.node_name or old.get("node_name"),
-        "image_cache": image_cache,
-        "bin_dir": bin_dir,
-    }
-    extra = ("--cluster-init",) if remembered["cluster_init"] and role == "server" else ()
-    user = dict(options.config if options.config is not None else previous_config or {})
-    config = merge_config(manifest.install.get("config") or {}, user, remembered)
-    return HostSettings(
-        role, bin_dir, (*extra, *exec_args), env, config, image_cache, remembered, user
-    )
-
-
-def _role(options: Options, old: Mapping[str, Any]) -> Tuple[str, Optional[str], Sequence[str]]:
-    """Role, server to join and k3s arguments: flags, the environment, the installed ones."""
-    role, server_url, args = upstream_env.choose_role(
-        options.role, options.server_url, options.exec_args, options.environ, old.get("role")
-    )
-    role = role or old.get("role") or "server"
-    remembered_url = old.get("server_url") if role == old.get("role") else None
-    return (
-        role,
-        server_url or remembered_url,
-        args if args is not None else old.get("exec_args", []),
-    )
-
-
-def _env(
-    options: Options, previous_env: Mapping[str, str], server_url: Optional[str]
-) -> Dict[str, str]:
-    """The unit's env file: the installed generation's, the environment's over it, the flags'."""
-    flags = {"K3S_TOKEN": options.token, "K3S_TOKEN_FILE": options.token_file}
-    env = upstream_env.unit_env(previous_env, options.environ, flags, server_url)
-    if options.node_name:  # --node-name goes to config.yaml; no other name may linger
-        env.pop("K3S_NODE_NAME", None)
-    return env
-
-
-def _check_role(
-    role: str, server_url: Optional[str], env: Mapping[str, str], options: Options
-) -> None:
-    """Refuse what k3s would refuse about this node, before anything is placed."""
-    source = "--server" if options.server_url or not options.environ.get("K3S_URL") else "K3S_URL"
-    node_rules.check_join(role, server_url, source, env)
-    if options.cluster_init:
-        node_rules.check_cluster_init(role, server_url, source)
-    node_rules.check_labels(options.node_labels)
-    node_rules.check_node_name(options.node_name, "--node-name")
-    node_rules.check_node_name(options.environ.get("K3S_NODE_NAME") or None, "K3S_NODE_NAME")
-
-
-def merge_config(
-    bundle: Mapping[str, Any],
-    user: Mapping[str, Any],
-    remembered: Mapping[str, Any],
-    admin: Optional[Mapping[str, Any]] = None,
-) -> Dict[str, Any]:
-    """config.yaml, lowest first: the bundle's defaults, the admin's own keys, --config, then
-    --node-label/--tls-san/--node-name. As k3s does across its files, a higher layer's `key`
-    replaces and its `key+` appends, so only plain keys are written."""
-    config: Dict[str, Any] = {}
-    for layer in (bundle, admin or {}, user):
-        apply_layer(config, layer)
-    flags = {"node-label": remembered["node_labels"], "tls-san": remembered["tls_sans"]}
-    for key, values in flags.items():
-        if values:
-            present = as_list(config.get(key))
-            config[key] = [*present, *[v for v in values if v not in present]]
-    if remembered.get("node_name"):
-        config["node-name"] = remembered["node_name"]
-    return config
 
 
 def _check_targets_unique(payload: Sequence[Placement]) -> None:
