@@ -51,7 +51,8 @@ class _Commands(click.Group):
     """
 
     lazy: ClassVar[Dict[str, Tuple[str, str]]] = {
-        "build": ("k3bundle.bundler.build_cli", "build_command")
+        "build": ("k3bundle.bundler.build_cli", "build_command"),
+        "slice": ("k3bundle.bundler.slice_cli", "slice_command"),
     }
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
