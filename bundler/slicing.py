@@ -87,12 +87,7 @@ def slice_bundle(
         keep = Holding(_chosen(manifest, source.holding(manifest), arches), manifest.architectures)
         target = output / slice_name(_bundle_name(source), manifest.architectures, keep.holds)
         _refuse_own_folder(source, output)
-        bar = progress or Progress()
-        bar.start(
-            f"Slicing {source.name}", sum(e.size for e in manifest.entries if keep.expects(e))
-        )
-        staged = _stage(source, header, manifest, keep, target, split, bar)
-        bar.finish()
+        staged = _stage(source, header, manifest, keep, target, split, progress or Progress())
         full = source.total_size()
     installer = _stage_extras(staged, Path(bundle).parent, output)
     staged.commit()
@@ -144,6 +139,9 @@ def _stage(
 ) -> Staged:
     """Write the slice under temporary names: header members as they are, then the payload."""
     sink = PartWriter(target, split)
+    progress.start(
+        f"Slicing {source.name}", sum(e.size for e in manifest.entries if keep.expects(e))
+    )
     try:
         write_small_member(sink, MANIFEST_NAME, header.manifest, header.mtimes[MANIFEST_NAME])
         if header.signature is not None:
@@ -162,6 +160,7 @@ def _stage(
     except BaseException:
         sink.abort()
         raise
+    progress.finish()
     return stage_written(target, sink, hashlib.sha256(header.manifest).hexdigest(), split)
 
 

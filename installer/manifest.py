@@ -121,15 +121,20 @@ class Manifest:
                 f"Use a bundle built with 'k3bundle build --arch {arch}', or pass --arch "
                 f"({have}) if the host was detected wrongly.",
             )
-        if self.held is not None and arch not in self.held:
-            holds = ", ".join(self.held)
-            raise ArchError(
-                f"the bundle is a slice that holds only {holds} (of "
-                f"{', '.join(self.architectures)}): it has no files for architecture {arch}",
-                f"Take the slice for {arch} ('k3bundle slice BUNDLE --arch {arch}') or the full "
-                f"bundle, or pass --arch ({holds}) if the host was detected wrongly.",
-            )
+        self._check_held(arch)
         return tuple(e for e in self.entries if e.arch is None or e.arch == arch)
+
+    def _check_held(self, arch: str) -> None:
+        """Refuse an architecture that a slice's archive leaves out."""
+        if self.held is None or arch in self.held:
+            return
+        holds = ", ".join(self.held)
+        raise ArchError(
+            f"the bundle is a slice that holds only {holds} (of "
+            f"{', '.join(self.architectures)}): it has no files for architecture {arch}",
+            f"Take the slice for {arch} ('k3bundle slice BUNDLE --arch {arch}') or the full "
+            f"bundle, or pass --arch ({holds}) if the host was detected wrongly.",
+        )
 
 
 def canonical_json(doc: Any) -> bytes:
