@@ -5,27 +5,30 @@ from __future__ import annotations
 import json
 import platform
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import click
-from tqdm import tqdm
 
 from k3bundle.installer.manifest import ARCHES, arch_from_machine
 from k3bundle.installer.progress import Progress, human_size
 
 from . import release, terminal
 from .build import BuildResult, BuildSettings, build
+from .build_events import LogFetchEvents, TqdmFetchEvents
 from .cache import default_cache_dir
 from .charts import ChartSpec, chart_from_spec, parse_chart_flag
-from .credentials import parse_registry_auth
+from .credentials import parse_registry_auth, read_auth_file
 from .extras import RegistryOptions
-from .fetch import Download, FetchEvents, FetchSettings
+from .fetch import FetchEvents, FetchSettings
+from .mirrors import parse_mirror_flags
 from .progress import TqdmProgress
+from .site_config import SiteConfig, default_path, load_site_config
 from .spec import Spec, load_spec
 from .terminal import prompt_secret, verbose_option
 from .writer import parse_size
+
+SITE_CONFIG = "k3bundle.site_config"
 
 
 @click.command("build")
@@ -126,7 +129,13 @@ from .writer import parse_size
     "--registry-auth",
     multiple=True,
     metavar="HOST=USER:PASSWORD",
-    help="Registry credentials (repeatable); default: ~/.docker/config.json.",
+    help="Registry credentials (repeatable; visible in ps: prefer --registry-auth-file). "
+    "Default: docker/podman logins (credential helpers included).",
+)
+@click.option(
+    "--registry-auth-file",
+    metavar="FILE|-",
+    help="HOST=USER:PASSWORD lines from FILE, or from stdin with '-'.",
 )
 @click.option(
     "--insecure-registry",
@@ -135,11 +144,34 @@ from .writer import parse_size
     help="Talk plain HTTP to this registry (repeatable), e.g. 127.0.0.1:5000.",
 )
 @click.option(
+    "--registry-mirror",
+    multiple=True,
+    metavar="SOURCE=MIRROR",
+    help="Pull SOURCE's images from MIRROR (HOST[:PORT][/PATH], repeatable), "
+    "e.g. docker.io=mirror.local:5000; the bundle keeps the SOURCE names.",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, path_type=Path),
+    envvar=["K3BUNDLE_CA_FILE", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"],
+    help="CA bundle (PEM) for https: release server and registries [default: certifi's].",
+)
+@click.option(
+    "--config-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    is_eager=True,
+    expose_value=False,
+    callback=lambda ctx, _param, value: _load_site_config(ctx, value),
+    help=f"Site config [default: {default_path()}].",
+)
+@click.option(
     "--force",
     is_flag=True,
     help="Write everything again even when -o already holds this very build.",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars; only the summary.")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="No progress, no log lines: warnings, errors, the summary."
+)
 @verbose_option
 def build_command(spec_file: Optional[Path], **flags: Any) -> None:
     """Download, verify and bundle a k3s release for an air-gapped install.
@@ -152,12 +184,13 @@ def build_command(spec_file: Optional[Path], **flags: Any) -> None:
     """
     verbose = terminal.verbose(flags["verbose"])  # `k3bundle -v build` means `build -v`
     spec = load_spec(spec_file) if spec_file else Spec()
-    settings = settings_from(spec, flags)
+    site: SiteConfig = click.get_current_context().meta.get(SITE_CONFIG, SiteConfig())
+    settings = settings_from(spec, flags, site)
     on_tty = sys.stderr.isatty() and not flags["quiet"]
     events: FetchEvents = FetchEvents()
     if on_tty:
         events = TqdmFetchEvents()
-    elif verbose:
+    elif verbose and not flags["quiet"]:
         events = LogFetchEvents()
     progress: Progress = TqdmProgress() if on_tty else Progress()
     result = build(settings, events, progress, _warn, prompt_secret)
@@ -171,8 +204,17 @@ def _warn(message: str) -> None:
     click.echo(f"Warning: {message}", err=True)
 
 
-def settings_from(spec: Spec, flags: Dict[str, Any]) -> BuildSettings:
-    """Merge spec and flags (flags win) into BuildSettings."""
+def _load_site_config(ctx: click.Context, path: Optional[Path]) -> None:
+    """Read the site config first (an eager option), so its values become flag defaults."""
+    site = load_site_config(path)
+    ctx.meta[SITE_CONFIG] = site
+    ctx.default_map = {**site.defaults, **(ctx.default_map or {})}
+
+
+def settings_from(
+    spec: Spec, flags: Dict[str, Any], site: Optional[SiteConfig] = None
+) -> BuildSettings:
+    """Merge spec, site config and flags into BuildSettings (flag > env > site config > spec)."""
     version = flags["version"] or (None if flags["channel"] else spec.version)
     channel = flags["channel"] or spec.channel or "stable"
     arches: Tuple[str, ...] = (
@@ -183,6 +225,7 @@ def settings_from(spec: Spec, flags: Dict[str, Any]) -> BuildSettings:
         retries=flags["retries"],
         jobs=flags["jobs"],
         offline=flags["offline"],
+        ca_file=str(flags["ca_file"]) if flags.get("ca_file") else None,
     )
     return BuildSettings(
         arches=tuple(dict.fromkeys(arches)),
@@ -200,12 +243,34 @@ def settings_from(spec: Spec, flags: Dict[str, Any]) -> BuildSettings:
         name=flags["name"] or spec.name,
         images=(*spec.images, *flags["image"]),
         charts=_charts(spec, flags["chart"]),
-        registries=RegistryOptions(
-            insecure=tuple(flags["insecure_registry"]),
-            auth=parse_registry_auth(flags["registry_auth"]),
-        ),
+        registries=_registries(spec, flags, site or SiteConfig()),
         force=flags["force"],
     )
+
+
+def _registries(spec: Spec, flags: Dict[str, Any], site: SiteConfig) -> RegistryOptions:
+    from_file = read_auth_file(flags["registry_auth_file"]) if flags["registry_auth_file"] else {}
+    auth = {**site.auth, **from_file, **parse_registry_auth(flags["registry_auth"])}
+    mirrors = {**spec.mirrors, **site.mirrors, **parse_mirror_flags(flags["registry_mirror"])}
+    return RegistryOptions(
+        insecure=(*site.insecure, *flags["insecure_registry"]),
+        auth=auth,
+        mirrors=mirrors,
+        ca_files=site.ca_files,
+    )
+
+
+def _environment_variables(command: click.Command) -> None:
+    """Every build option also as K3BUNDLE_<LONG_NAME> (--sign-key: K3BUNDLE_SIGN_KEY)."""
+    for param in command.params:
+        if isinstance(param, click.Option):
+            if param.envvar is None:
+                long_name = max(param.opts, key=len).lstrip("-")
+                param.envvar = f"K3BUNDLE_{long_name.upper().replace('-', '_')}"
+            param.show_envvar = True
+
+
+_environment_variables(build_command)
 
 
 def _charts(spec: Spec, flags: Sequence[str]) -> Tuple[ChartSpec, ...]:
@@ -262,73 +327,3 @@ def _install_hint(result: BuildResult, first: Path) -> Sequence[str]:
         f"  python3 k3bundle-install.pyz install {first.name} {trust}",
         "(k3bundle-install.pyz needs only python3 >= 3.8; 'k3bundle install' works the same.)",
     ]
-
-
-class TqdmFetchEvents(FetchEvents):
-    """A tqdm bar per file being downloaded plus one total bar, on a terminal."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._bars: Dict[str, tqdm[Any]] = {}
-        self._total: Optional[tqdm[Any]] = None
-
-    def planned(self, downloads: Sequence[Download]) -> None:
-        """Open the total bar, counting files."""
-        self._total = tqdm(total=len(downloads), desc="release files", unit="file", leave=True)
-
-    def started(self, download: Download, total: Optional[int], done: int) -> None:
-        """Open (or reopen, after a resume) the file's bar."""
-        with self._lock:
-            old = self._bars.pop(download.sha256, None)
-            if old is not None:
-                old.close()
-            bar = tqdm(
-                total=total,
-                initial=done,
-                desc=download.name,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                leave=False,
-            )
-            self._bars[download.sha256] = bar
-
-    def advanced(self, download: Download, count: int) -> None:
-        """Move the file's bar."""
-        bar = self._bars.get(download.sha256)
-        if bar is not None:
-            bar.update(count)
-
-    def finished(self, download: Download, cached: bool) -> None:
-        """Close the file's bar and say where the file came from."""
-        with self._lock:
-            bar = self._bars.pop(download.sha256, None)
-            if bar is not None:
-                bar.close()
-            if self._total is not None:
-                self._total.update(1)
-                if self._total.n >= (self._total.total or 0):
-                    self._total.close()
-            tqdm.write(f"{'cached  ' if cached else 'verified'} {download.name}", file=sys.stderr)
-
-    def retrying(self, download: Download, reason: str, delay: float) -> None:
-        """Say why a transfer is retried."""
-        tqdm.write(f"retrying {download.name} in {delay:.1f}s: {reason}", file=sys.stderr)
-
-
-class LogFetchEvents(FetchEvents):
-    """One line per file on stderr (for -v when stderr is not a terminal)."""
-
-    def started(self, download: Download, total: Optional[int], done: int) -> None:
-        """Say a transfer began or resumed."""
-        how = f"resuming at {done} bytes" if done else "downloading"
-        click.echo(f"{how} {download.url}", err=True)
-
-    def finished(self, download: Download, cached: bool) -> None:
-        """Say where the file came from."""
-        how = "cached  " if cached else "verified"
-        click.echo(f"{how} {download.name} sha256 {download.sha256}", err=True)
-
-    def retrying(self, download: Download, reason: str, delay: float) -> None:
-        """Say why a transfer is retried."""
-        click.echo(f"retrying {download.name} in {delay:.1f}s: {reason}", err=True)

@@ -24,10 +24,12 @@ _SUFFIX = {"zst": ".tar.zst", "gz": ".tar.gz", "tar": ".tar"}
 
 @dataclass(frozen=True)
 class RegistryOptions:
-    """How to reach registries: plain-HTTP hosts and credentials."""
+    """How to reach registries: plain-HTTP hosts, credentials, mirrors and per-host CA files."""
 
     insecure: Tuple[str, ...] = ()
     auth: Mapping[str, Credentials] = field(default_factory=dict)
+    mirrors: Mapping[str, str] = field(default_factory=dict)  # source host -> HOST[/PATH]
+    ca_files: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,7 +78,13 @@ def collect(
     settings = fetcher.settings
 
     def client() -> RegistryClient:
-        return RegistryClient(settings, insecure=registries.insecure, auth=registries.auth)
+        return RegistryClient(
+            settings,
+            insecure=registries.insecure,
+            auth=registries.auth,
+            mirrors=registries.mirrors,
+            ca_files=registries.ca_files,
+        )
 
     if refs:
         pulled = pull_all(client, refs, arches, cache, settings.jobs)

@@ -55,6 +55,7 @@ class FetchSettings:
     max_backoff: float = 30.0
     jobs: int = 4
     offline: bool = False
+    ca_file: Optional[str] = None  # CA bundle for https (--ca-file); None: requests' default
 
     @property
     def timeout(self) -> Tuple[float, float]:
@@ -133,6 +134,8 @@ class Fetcher:
         # requests sessions are not thread-safe: one per worker thread.
         if not hasattr(self._local, "session"):
             self._local.session = self._session_factory()
+            if self.settings.ca_file:
+                self._local.session.verify = self.settings.ca_file
         session: requests.Session = self._local.session
         return session
 

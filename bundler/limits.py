@@ -94,6 +94,15 @@ class SafeSession(requests.Session):
         self.max_redirects = MAX_REDIRECTS
         self._insecure = frozenset(host.lower() for host in insecure)
 
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:
+        """As requests does, except that a CA file set on the session (--ca-file) is not
+        replaced by REQUESTS_CA_BUNDLE, which plain requests lets win over session.verify."""
+        if verify is None and isinstance(self.verify, str):
+            verify = self.verify
+        return super().merge_environment_settings(url, proxies, stream, verify, cert)
+
     def rebuild_auth(self, prepared_request: Any, response: requests.Response) -> None:
         """Refuse unsafe redirects; strip Authorization unless scheme, host and port stay."""
         old, new = str(response.request.url), str(prepared_request.url)

@@ -18,17 +18,17 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Collection, Dict, Mapping, Optional, Tuple, TypeVar
+from typing import Callable, Collection, Dict, Mapping, Optional, Tuple, TypeVar, Union
 
 import oras.auth  # type: ignore[import-untyped]
 import oras.provider  # type: ignore[import-untyped]
 import requests
 
-from k3bundle.installer.errors import FetchError, IntegrityError
+from k3bundle.installer.errors import FetchError, IntegrityError, K3BundleError
 from k3bundle.installer.jsondoc import load_json
 
 from .cache import Cache
-from .credentials import Credentials, docker_config_auths, registry_host
+from .credentials import Credentials, LoginStore, auth_files, registry_host
 from .fetch import (
     BUFFER,
     RETRY_STATUS,
@@ -45,15 +45,15 @@ from .limits import (
     redirect_error,
     too_large,
 )
+from .mirrors import mirror_error, wire_reference
 from .reference import Reference
-from .tokens import BoundedSession, ScopedTokenAuth, TokenDenied, fetch_token
+from .tokens import BoundedSession, ScopedTokenAuth, TokenDenied, fetch_token, tls_error
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
-INSECURE_HINT = "If {host} serves plain HTTP, mark it insecure (--insecure-registry {host})."
 AUTH_HINT = (
     "Pass --registry-auth {host}=USER:PASSWORD (or log in with 'docker login {host}'), "
     "and check the image name: registries answer 'unauthorized' for names that do not exist."
@@ -94,13 +94,16 @@ class RegistryClient:
         auth: Mapping[str, Credentials] = {},
         docker_config: Optional[Path] = None,
         sleep: Callable[[float], None] = time.sleep,
+        mirrors: Mapping[str, str] = {},
+        ca_files: Mapping[str, str] = {},
     ) -> None:
         logging.getLogger("oras.logger").setLevel(logging.CRITICAL)  # errors are ours to report
         self.settings, self._sleep = settings, sleep
         self._insecure = {registry_host(host) for host in insecure}
         self._auth = {registry_host(host): creds for host, creds in auth.items()}
-        self._docker_config = docker_config or Path("~/.docker/config.json").expanduser()
-        self._config_auths: Optional[Dict[str, Credentials]] = None
+        self._mirrors = {registry_host(host): to for host, to in mirrors.items()}
+        self._ca_files = {registry_host(host): path for host, path in ca_files.items()}
+        self._logins = LoginStore([docker_config] if docker_config else auth_files())
         self._challenges: Dict[str, str] = {}
         self._local = threading.local()
         self.transferred = 0
@@ -112,7 +115,10 @@ class RegistryClient:
         wanted = reference or ref.reference
         if not _TAG.fullmatch(wanted):
             check_digest(wanted, f"image {ref.name}")  # it becomes part of a URL path
-        return self._with_retries(ref, lambda: self._get_manifest_once(ref, wanted))
+        return self._mirrored(
+            ref,
+            lambda wire: self._with_retries(wire, lambda: self._get_manifest_once(wire, wanted)),
+        )
 
     def fetch_blob(self, ref: Reference, digest: str, size: int, cache: Cache) -> Path:
         """A blob of `ref` in the cache: from it when present, else streamed and verified."""
@@ -126,9 +132,22 @@ class RegistryClient:
                     f"--offline: blob {digest} of {ref.name} is not in the cache {cache.root}",
                     "Run the same build once with network access to fill the cache.",
                 )
-            return self._with_retries(
-                ref, lambda: self._fetch_blob_once(ref, hexdigest, size, cache, partial)
+            return self._mirrored(
+                ref,
+                lambda wire: self._with_retries(
+                    wire, lambda: self._fetch_blob_once(wire, hexdigest, size, cache, partial)
+                ),
             )
+
+    def _mirrored(self, ref: Reference, call: Callable[[Reference], _T]) -> _T:
+        """`call` with the reference on the wire; a mirror's failure names the original too."""
+        wire = wire_reference(ref, self._mirrors)
+        if wire is ref:
+            return call(ref)
+        try:
+            return call(wire)
+        except K3BundleError as exc:
+            raise mirror_error(exc, ref, wire) from None
 
     # --- manifests ----------------------------------------------------------------------------
 
@@ -222,10 +241,7 @@ class RegistryClient:
             except REDIRECT_ERRORS as exc:  # InvalidURL is a ValueError: before oras' ValueError
                 raise redirect_error(ref.endpoint, exc) from None
             except requests.exceptions.SSLError as exc:  # a ConnectionError, but not transient
-                raise FetchError(
-                    f"TLS failed talking to {ref.endpoint} for {ref.name}: {exc}",
-                    INSECURE_HINT.format(host=ref.registry),
-                ) from None
+                raise tls_error(exc, ref.endpoint, ref.name, ref.registry) from None
             except TRANSIENT as exc:  # also raised mid-body, while a blob streams
                 reason, delay = f"{type(exc).__name__}: {exc}", None
             if attempt >= self.settings.retries:
@@ -276,8 +292,11 @@ class RegistryClient:
         if scheme == "basic" and credentials is None:
             raise self._denied(ref, "the registry wants a user name and password")
         backend = "basic" if scheme == "basic" else "k3b-scoped-token"
-        client = _Oras(ref.endpoint, insecure=self._is_insecure(ref), auth_backend=backend)
-        session = BoundedSession(self.settings.timeout, self._insecure)
+        verify = self._verify(ref)  # oras passes it on every request: it must be ours
+        client = _Oras(
+            ref.endpoint, insecure=self._is_insecure(ref), tls_verify=verify, auth_backend=backend
+        )
+        session = BoundedSession(self.settings.timeout, self._insecure, verify)
         client.session = client.auth.session = session
         if backend == "basic" and credentials is not None:
             client.auth.set_basic_auth(*credentials)  # sent to this registry's host only
@@ -300,7 +319,7 @@ class RegistryClient:
 
     def _probe(self, ref: Reference) -> str:
         scheme = "http" if self._is_insecure(ref) else "https"
-        session = BoundedSession(self.settings.timeout, self._insecure)
+        session = BoundedSession(self.settings.timeout, self._insecure, self._verify(ref))
         with session, session.get(f"{scheme}://{ref.endpoint}/v2/", stream=True) as response:
             status, challenge = response.status_code, response.headers.get("Www-Authenticate")
         if status in RETRY_STATUS:
@@ -337,9 +356,11 @@ class RegistryClient:
         host = registry_host(ref.registry)
         if host in self._auth:
             return self._auth[host]
-        if self._config_auths is None:
-            self._config_auths = docker_config_auths(self._docker_config)
-        return self._config_auths.get(host)
+        return self._logins.lookup(host)
+
+    def _verify(self, ref: Reference) -> Union[bool, str]:
+        """requests' verify: the host's own CA file, else --ca-file, else the default bundle."""
+        return self._ca_files.get(registry_host(ref.registry)) or self.settings.ca_file or True
 
     def _is_insecure(self, ref: Reference) -> bool:
         return registry_host(ref.registry) in self._insecure

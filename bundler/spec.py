@@ -17,6 +17,8 @@ import yaml
 import k3bundle.manifests
 from k3bundle.installer.errors import UsageError
 
+from .mirrors import check_mirrors
+
 SCHEMA_PATH = Path(k3bundle.manifests.__file__).with_name("bundle.schema.json")
 MAX_DEPTH = 32  # the schema nests 5 deep; chart values and install config a little deeper
 _PLAIN = (str, int, float, bool, type(None))  # what JSON can hold (the manifest is JSON)
@@ -44,6 +46,7 @@ class Spec:
     images: Tuple[str, ...] = ()
     charts: Tuple[Mapping[str, Any], ...] = ()
     install: Mapping[str, Any] = field(default_factory=dict)
+    mirrors: Mapping[str, str] = field(default_factory=dict)  # build-time only, never recorded
     base_dir: Path = Path(".")  # the spec's folder: valuesFile paths are relative to it
 
 
@@ -183,4 +186,5 @@ def _to_spec(doc: Mapping[str, Any]) -> Spec:
         images=tuple(doc.get("images") or ()),
         charts=tuple(doc.get("charts") or ()),
         install=dict(doc.get("install") or {}),
+        mirrors=check_mirrors(doc.get("mirrors") or {}, "the spec's mirrors"),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import re
 from http.cookiejar import DefaultCookiePolicy
-from typing import Any, Callable, Collection, Dict, Optional, Tuple
+from typing import Any, Callable, Collection, Dict, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 import oras.auth  # type: ignore[import-untyped]
@@ -20,20 +20,34 @@ import requests
 from k3bundle.installer.errors import FetchError
 from k3bundle.installer.jsondoc import load_json
 
+from .credentials import TOKEN_USER
 from .fetch import USER_AGENT
 from .limits import MAX_TOKEN, SafeSession, read_bounded
 
 Credentials = Tuple[str, str]
 _PARAM = re.compile(r'([A-Za-z]+)="([^"]*)"')
 _TOKEN = re.compile(r"[\x21-\x7e]+")  # what fits in an Authorization header, nothing more
+PLAIN_HTTP_HINT = (
+    "{host} answered https in plain HTTP; if it is plain HTTP on your network, mark it "
+    "insecure (--insecure-registry {host})."
+)
+TLS_HINT = (
+    "If {host} has a certificate from a private or corporate CA, pass --ca-file CA.pem (or set "
+    "SSL_CERT_FILE, or registries.{host}.ca_file in the site config); check it names {host}."
+)
 
 
 class BoundedSession(SafeSession):
     """A session whose every request has our timeouts and whose redirects are checked."""
 
-    def __init__(self, timeout: Tuple[float, float], insecure: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        timeout: Tuple[float, float],
+        insecure: Collection[str] = (),
+        verify: Union[bool, str] = True,
+    ) -> None:
         super().__init__(insecure)
-        self.timeout = timeout
+        self.timeout, self.verify = timeout, verify
         self.headers["User-Agent"] = USER_AGENT
         self.headers["Accept-Encoding"] = "identity"  # blobs are compressed; keep offsets true
         self.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
@@ -112,17 +126,31 @@ def fetch_token(
             "your network, mark the token host insecure too (--insecure-registry HOST:PORT).",
         )
     query = {key: params[key] for key in ("service", "scope") if params.get(key)}
-    headers = {"Accept": "application/json"}
-    if credentials is not None:
-        pair = f"{credentials[0]}:{credentials[1]}".encode()
-        headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
-    with session.get(realm, params=query, headers=headers, stream=True) as response:
+    with _ask(session, realm, query, credentials) as response:
         if response.status_code in (401, 403):
             raise TokenDenied(f"the token server {realm} said HTTP {response.status_code}")
         if response.status_code != 200:
             raise FetchError(f"the token server {realm} answered HTTP {response.status_code}")
         data = read_bounded(response, MAX_TOKEN, realm)
     return _token_of(load_json(data, f"the token answer of {realm}", FetchError), realm)
+
+
+def _ask(
+    session: requests.Session,
+    realm: str,
+    query: Dict[str, str],
+    credentials: Optional[Credentials],
+) -> requests.Response:
+    """GET with Basic credentials, or for an identity token the OAuth2 refresh-token POST."""
+    headers = {"Accept": "application/json"}
+    if credentials is not None and credentials[0] == TOKEN_USER:
+        form = {**query, "grant_type": "refresh_token", "refresh_token": credentials[1]}
+        form["client_id"] = "k3bundle"
+        return session.post(realm, data=form, headers=headers, stream=True)
+    if credentials is not None:
+        pair = f"{credentials[0]}:{credentials[1]}".encode()
+        headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
+    return session.get(realm, params=query, headers=headers, stream=True)
 
 
 def _token_of(doc: object, realm: str) -> str:
@@ -133,3 +161,22 @@ def _token_of(doc: object, realm: str) -> str:
             "Check the registry's token service; its answer holds no 'token' string.",
         )
     return token
+
+
+def tls_error(exc: Exception, endpoint: str, name: str, host: str) -> FetchError:
+    """A failed TLS handshake: the certificate problem and the way to trust a private CA (or,
+    when the server answered in plain HTTP, the way to say so)."""
+    plain = "WRONG_VERSION_NUMBER" in str(exc) or "record layer" in str(exc)
+    hint = PLAIN_HTTP_HINT if plain else TLS_HINT
+    return FetchError(
+        f"TLS failed talking to {endpoint} for {name}: {_tls_reason(exc)}", hint.format(host=host)
+    )
+
+
+def _tls_reason(exc: Exception) -> str:
+    """The certificate problem itself, without urllib3's pool and retry wrapping."""
+    text = str(exc)
+    for marker in ("certificate verify failed: ", "SSLError("):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+    return text.split(" (_ssl.c")[0].rstrip("')\"")[:200]

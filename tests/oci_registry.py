@@ -11,8 +11,9 @@ Helpers (no pytest needed):
   Docker v2s2) and two images that share a base layer.
 
 Fixtures for conftest files to import (``from tests.oci_registry import registry  # noqa: F401``):
-``registry``, ``basic_registry``, ``token_registry`` (session), ``image_layout`` (session),
-``pushed_images`` (session, pushed to ``registry``) and ``docker_home`` (function: HOME in tmp).
+``registry``, ``basic_registry``, ``token_registry``, ``tls_registry`` (https, a test CA),
+``image_layout`` (session), ``pushed_images`` (session, pushed to ``registry``) and
+``docker_home`` (function: HOME in tmp).
 
 In CI a plain registry may already run (``K3B_TEST_REGISTRY=127.0.0.1:5000``, and optionally
 ``K3B_TEST_REGISTRY_STORAGE`` naming its data folder); the open case reuses it.
@@ -26,8 +27,10 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -83,6 +86,7 @@ class TokenServer:
     def __init__(self, folder: Path, credentials: Optional[Credentials] = None) -> None:
         self.credentials = credentials
         self.issued: List[Tuple[Optional[str], Tuple[str, ...]]] = []
+        self.refresh_tokens: Dict[str, str] = {}  # identity token -> account (OAuth2 POST)
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.cert = self._self_signed()
         self.cert_path = folder / "token-cert.pem"
@@ -158,6 +162,19 @@ def _token_handler(server: TokenServer) -> Type[BaseHTTPRequestHandler]:
             token = server.token(account, scopes, query.get("service", [SERVICE])[0])
             self._answer(200, {"token": token, "access_token": token, "expires_in": 300})
 
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            form = parse_qs(self.rfile.read(length).decode())
+            refresh = form.get("refresh_token", [""])[0]
+            account = server.refresh_tokens.get(refresh)
+            if form.get("grant_type") != ["refresh_token"] or account is None:
+                self._answer(401, {"errors": [{"code": "UNAUTHORIZED"}]})
+                return
+            scopes = tuple(" ".join(form.get("scope", [])).split())
+            server.issued.append((account, scopes))
+            token = server.token(account, scopes, form.get("service", [SERVICE])[0])
+            self._answer(200, {"access_token": token, "expires_in": 300})
+
         def _account(self) -> Optional[str]:
             """The account name, None when anonymous, "" when the credentials are wrong."""
             header = self.headers.get("Authorization", "")
@@ -195,8 +212,10 @@ class LocalRegistry:
         htpasswd: Optional[Credentials] = None,
         token: bool = False,
         reuse: bool = True,
+        tls: Optional[TlsFiles] = None,
     ) -> None:
         self.credentials = htpasswd
+        self.tls = tls
         self.token_server: Optional[TokenServer] = None
         self._token, self._reuse = token, reuse
         self._tmp_root = None if root else tempfile.mkdtemp(prefix="k3b-reg-")
@@ -214,8 +233,8 @@ class LocalRegistry:
 
     @property
     def url(self) -> str:
-        """http://HOST."""
-        return f"http://{self.host}"
+        """http://HOST, or https://HOST when serving TLS."""
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     def blob_path(self, digest: str) -> Path:
         """Where the registry keeps the blob `digest` ("sha256:<hex>")."""
@@ -225,7 +244,7 @@ class LocalRegistry:
     def start(self) -> LocalRegistry:
         """Start (or adopt the CI registry), and wait until /v2/ answers."""
         shared = os.environ.get("K3B_TEST_REGISTRY")
-        if shared and self._reuse and not self.credentials and not self._token:
+        if shared and self._reuse and not (self.credentials or self._token or self.tls):
             self.host = shared
             storage = os.environ.get("K3B_TEST_REGISTRY_STORAGE")
             self._storage = Path(storage) if storage else None
@@ -251,6 +270,8 @@ class LocalRegistry:
             "storage": {"filesystem": {"rootdirectory": str(self._storage)}},
             "http": {"addr": self.host, "secret": "k3b-test-secret"},
         }
+        if self.tls:
+            config["http"]["tls"] = {"certificate": str(self.tls.cert), "key": str(self.tls.key)}
         if self._token:
             self.token_server = TokenServer(self.root, self.credentials).start()
             config["auth"] = {
@@ -275,7 +296,8 @@ class LocalRegistry:
         deadline = time.monotonic() + limit
         while True:
             try:
-                with urllib.request.urlopen(f"{self.url}/v2/", timeout=1):
+                context = ssl.create_default_context(cafile=str(self.tls.ca)) if self.tls else None
+                with urllib.request.urlopen(f"{self.url}/v2/", timeout=1, context=context):
                     return
             except urllib.error.HTTPError as exc:
                 if exc.code == 401:
@@ -317,6 +339,69 @@ class LocalRegistry:
         tb: Optional[TracebackType],
     ) -> None:
         self.stop()
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A test CA and a server certificate for 127.0.0.1 and localhost that it signed."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_test_ca(folder: Path) -> TlsFiles:
+    """Make a CA and a server certificate (SAN IP:127.0.0.1, DNS:localhost) with openssl."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = folder / "ca.pem", folder / "ca.key"
+    cert, key, csr = folder / "server.pem", folder / "server.key", folder / "server.csr"
+    ext = folder / "server.ext"
+    ext.write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n"
+    )
+    new_key = ["-newkey", "rsa:2048", "-nodes", "-days", "3"]
+    _openssl("req", "-x509", *new_key, "-keyout", ca_key, "-out", ca, "-subj", "/CN=k3b test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+             "-subj", "/CN=127.0.0.1")  # fmt: skip
+    _openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+             "-out", cert, "-days", "3", "-extfile", ext)  # fmt: skip
+    return TlsFiles(ca, cert, key)
+
+
+def _openssl(*args: Any) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+
+def write_credential_helper(
+    folder: Path, name: str, answers: Mapping[str, Credentials], sleep: float = 0
+) -> Path:
+    """Write folder/docker-credential-NAME: `get` answers per server URL read on stdin (else
+    "credentials not found", exit 1), and appends each server URL it was asked for to
+    folder/NAME.log. Put `folder` on PATH."""
+    cases = "".join(
+        f"  {shlex.quote(server)}) printf '%s' "
+        f"{shlex.quote(json.dumps({'ServerURL': server, 'Username': u, 'Secret': p}))} ;;\n"
+        for server, (u, p) in answers.items()
+    )
+    log = shlex.quote(str(folder / f"{name}.log"))
+    script = folder / f"docker-credential-{name}"
+    script.write_text(
+        "#!/bin/sh\n"
+        '[ "$1" = get ] || exit 2\n'
+        "read -r server\n"
+        f'echo "$server" >> {log}\n'
+        + (f"exec sleep {sleep}\n" if sleep else "")
+        + 'case "$server" in\n'
+        f"{cases}"
+        "  *) echo 'credentials not found in native keychain'; exit 1 ;;\n"
+        "esac\n"
+    )
+    script.chmod(0o755)
+    return script
 
 
 def corrupt_blob(registry: LocalRegistry, digest: str) -> bytes:
@@ -606,6 +691,14 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRe
     """A registry behind bearer tokens; the token server wants (USER, PASSWORD)."""
     folder = tmp_path_factory.mktemp("token-registry")
     with LocalRegistry(folder, htpasswd=(USER, PASSWORD), token=True) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
+    """An open registry serving https with a certificate from a test CA (``.tls.ca``)."""
+    folder = tmp_path_factory.mktemp("tls-registry")
+    with LocalRegistry(folder, tls=make_test_ca(folder / "tls")) as running:
         yield running
 
 
