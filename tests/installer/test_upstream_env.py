@@ -11,7 +11,7 @@ from typing import Dict, List
 import pytest
 
 from k3bundle.installer import install as install_module
-from k3bundle.installer.cli import build_parser
+from k3bundle.installer.cli_parser import build_parser
 from k3bundle.installer.errors import UsageError
 from k3bundle.installer.install_args import install_options, join_exec
 from k3bundle.installer.plan import Options
