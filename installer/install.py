@@ -243,9 +243,9 @@ def _place(
     options: Options,
     progress: Progress,
 ) -> None:
-    progress.start(
-        f"Verifying and placing {source.name}", sum(e.size for e in auth.manifest.entries)
-    )
+    held = auth.manifest.held  # a slice: only these architectures' bytes are in the archive
+    present = [e for e in auth.manifest.entries if held is None or e.arch in (None, *held)]
+    progress.start(f"Verifying and placing {source.name}", sum(e.size for e in present))
     with HashPool(progress.advance) as pool:
         for entry, stream in source.payload(auth.manifest, pool):
             placement = plan.placement_for(entry)
