@@ -23,16 +23,8 @@ from k3bundle.installer.progress import Progress
 from k3bundle.installer.slices import Holding
 from k3bundle.installer.sources import BundleSource, Header
 
-from .writer import (
-    BundleOutput,
-    PartWriter,
-    Staged,
-    padding,
-    stage_written,
-    tar_header,
-    write_end,
-    write_small_member,
-)
+from .tarwrite import PartWriter, padding, tar_header, write_end, write_small_member
+from .writer import BundleOutput, Staged, stage_written
 
 INSTALLER_NAME = "k3bundle-install.pyz"
 SUMS_NAME = "SHA256SUMS"

@@ -9,23 +9,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tuple
 
-from k3bundle.installer.copying import copy_range
 from k3bundle.installer.errors import IntegrityError, UsageError
 from k3bundle.installer.hashing import HashJob, HashPool, sha256_file
 from k3bundle.installer.manifest import MANIFEST_NAME, SIGNATURE_NAME, Entry, Manifest
 from k3bundle.installer.parts import PARTS_FORMAT, parts_index_path
 from k3bundle.installer.signature import Signature
 
+from . import tarwrite
+from .tarwrite import (
+    RECORD,
+    PartWriter,
+    Progress,
+    padding,
+    tar_header,
+    tmp_name,
+    write_end,
+    write_small_member,
+)
+
 FAT32_MAX = 4 * 1024**3 - 1
-BLOCK = 512
-RECORD = 20 * BLOCK
-Progress = Callable[[int], None]
 Signer = Callable[[bytes], Signature]
 
 
@@ -60,116 +66,6 @@ class BundleOutput:
     size: int
     parts_index: Optional[Path] = None
     sha256s: Dict[str, str] = field(default_factory=dict)
-
-
-class PartWriter:
-    """A sink that writes parts of at most `limit` bytes (or one file when no limit).
-
-    Each part's sha256 (for SHA256SUMS and the parts index) is computed by a HashJob on its own
-    thread that reads the part back right behind the writes, so payload files can be copied in
-    by the kernel (`copy_from`) without passing through this process.
-    """
-
-    def __init__(self, target: Path, limit: Optional[int]) -> None:
-        self.target, self.limit = target, limit
-        self.written: List[Dict[str, object]] = []
-        self.total = 0
-        self._fd = -1
-        self._in_part = 0
-        self._hash: Optional[HashJob] = None
-
-    def _name(self) -> Path:
-        if self.limit is None:
-            return self.target
-        return self.target.with_name(f"{self.target.name}.{len(self.written):03d}")
-
-    def _room(self, want: int) -> int:
-        """Open a part when none is, and say how many of `want` bytes fit in it."""
-        if self._fd < 0:
-            tmp = _tmp_name(self._name())
-            self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            self._hash = HashJob(None, self.target.name, [(tmp, 0, sys.maxsize)]).start()
-        return want if self.limit is None else min(want, self.limit - self._in_part)
-
-    def _advance(self, count: int) -> None:
-        self._in_part += count
-        self.total += count
-        assert self._hash is not None
-        self._hash.publish(self._in_part)
-
-    def _close_if_full(self) -> None:
-        if self.limit is not None and self._in_part >= self.limit:
-            self._close_part()
-
-    def write(self, data: bytes | memoryview) -> None:
-        """Append bytes, moving to the next part whenever one is full."""
-        view = memoryview(data)
-        while view:
-            piece = view[: self._room(len(view))]
-            view = view[len(piece) :]
-            while piece:
-                count = os.write(self._fd, piece)
-                piece = piece[count:]
-                self._advance(count)
-            self._close_if_full()
-
-    def copy_from(self, source: int, size: int, progress: Progress) -> None:
-        """Append the first `size` bytes of the open file `source`, copied by the kernel."""
-        done = 0
-        while done < size:
-            room = self._room(size - done)
-            copied = 0
-
-            def published(count: int) -> None:
-                nonlocal copied
-                step, copied = count - copied, count
-                self._advance(step)
-                progress(step)
-
-            copy_range(source, done, room, self._fd, published)
-            done += room
-            self._close_if_full()
-
-    def _close_part(self) -> None:
-        os.close(self._fd)
-        self._fd = -1
-        assert self._hash is not None
-        self._hash.publish(self._in_part, final=True)
-        sha256 = self._hash.result()
-        self.written.append({"name": self._name().name, "size": self._in_part, "sha256": sha256})
-        self._hash, self._in_part = None, 0
-
-    def finish(self) -> List[Tuple[Path, Path]]:
-        """Close the last part; every part as (temporary name, final name), not yet renamed."""
-        if self._fd >= 0:
-            self._close_part()
-        final = [self.target.with_name(str(p["name"])) for p in self.written]
-        return [(_tmp_name(path), path) for path in final]
-
-    def abort(self) -> None:
-        """Remove every temporary part after a failure."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        if self._hash is not None:
-            self._hash.cancel()
-        names = [str(p["name"]) for p in self.written] + [self._name().name]
-        for name in names:
-            _tmp_name(self.target.with_name(name)).unlink(missing_ok=True)
-
-
-def tar_header(name: str, size: int, mode: int, mtime: int) -> bytes:
-    """A member's pax header block(s): uid/gid 0, no user names, the given mode and mtime."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = size, mode, mtime
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
-
-
-def padding(size: int) -> bytes:
-    """The zeros that fill a member's data up to the next 512-byte block."""
-    return b"\0" * (-size % BLOCK)
 
 
 def _copy_member(
@@ -245,14 +141,10 @@ def _changed(local: Path, actual: str, expected: str) -> IntegrityError:
     )
 
 
-def _tmp_name(final: Path) -> Path:
-    """Where an output is written until it is renamed into place: .NAME.tmp beside it."""
-    return final.with_name(f".{final.name}.tmp")
-
-
 def writer_code_sha256() -> str:
-    """The sha256 of this module's source: the bytes of a bundle follow from it too."""
-    return sha256_file(Path(__file__))
+    """The sha256 of the writer's sources: the bytes of a bundle follow from them too."""
+    sources = (Path(__file__), Path(tarwrite.__file__))
+    return hashlib.sha256("".join(sha256_file(p) for p in sources).encode()).hexdigest()
 
 
 def source_date_epoch() -> int:
@@ -270,7 +162,7 @@ class Staged:
 
     def add(self, final: Path, write: Callable[[Path], object]) -> Path:
         """Write one more output (the installer, SHA256SUMS) under a temporary name."""
-        tmp = _tmp_name(final)
+        tmp = tmp_name(final)
         self.renames.append((tmp, final))
         write(tmp)
         return final
@@ -376,17 +268,6 @@ def _write_members(
         check = checks if entry.path not in fresh else None
         _copy_member(sink, entry, files[entry.path], check, progress)
     write_end(sink)
-
-
-def write_small_member(sink: PartWriter, name: str, blob: bytes, mtime: int) -> None:
-    """Append the manifest or signature member (mode 0644) with its data."""
-    sink.write(tar_header(name, len(blob), 0o644, mtime) + blob + padding(len(blob)))
-
-
-def write_end(sink: PartWriter) -> None:
-    """Append the end-of-archive blocks, padded to a whole 10 KiB record as tar does."""
-    end = 2 * BLOCK
-    sink.write(b"\0" * (end + (-(sink.total + end) % RECORD)))
 
 
 def _parts_index(target: Path, sink: PartWriter, bundle_id: str) -> Callable[[Path], object]:
