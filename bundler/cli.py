@@ -22,6 +22,7 @@ from k3bundle.installer.errors import (
 )
 
 from . import terminal
+from .completion import SHELLS, HostCommand, complete_host_argument, completion_script
 from .progress import TqdmProgress
 from .terminal import prompt_secret, verbose_option
 
@@ -111,8 +112,9 @@ def _prompt(text: str, confirm: bool) -> str:
     help="Write NAME.key and NAME.pub.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing key pair.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the key id (and errors).")
 @verbose_option
-def keygen(name: str, force: bool, verbose: bool) -> None:
+def keygen(name: str, force: bool, quiet: bool, verbose: bool) -> None:
     """Create an Ed25519 signing key pair.
 
     The private key is PKCS#8 PEM (mode 0600), encrypted when a passphrase is given at the
@@ -124,7 +126,8 @@ def keygen(name: str, force: bool, verbose: bool) -> None:
     terminal.verbose(verbose)
 
     pair = keys.generate(name, keys.passphrase_from(prompt_secret, confirm=True), force=force)
-    click.echo(f"Wrote {pair.private} (keep it secret) and {pair.public}.", err=True)
+    if not quiet:
+        click.echo(f"Wrote {pair.private} (keep it secret) and {pair.public}.", err=True)
     click.echo(f"Key id: {pair.key_id}")
 
 
@@ -136,27 +139,44 @@ def keygen(name: str, force: bool, verbose: bool) -> None:
     show_default=True,
     type=click.Path(path_type=Path),
 )
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @verbose_option
-def installer_zipapp(output: Path, verbose: bool) -> None:
+def installer_zipapp(output: Path, quiet: bool, verbose: bool) -> None:
     """Write the standalone installer (needs only python3 >= 3.8 on the host)."""
     terminal.verbose(verbose)
     from .zipapp import write_zipapp
 
     write_zipapp(output)
-    click.echo(
-        f"Wrote {output}: run it with 'python3 {output.name} install|verify|inspect ...'.", err=True
-    )
+    if not quiet:
+        click.echo(
+            f"Wrote {output}: run it with 'python3 {output.name} install|verify|inspect ...'.",
+            err=True,
+        )
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(SHELLS))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL (bash, zsh or fish).
+
+    \b
+    bash:  eval "$(k3bundle completion bash)"        (in ~/.bashrc)
+    zsh:   eval "$(k3bundle completion zsh)"         (in ~/.zshrc)
+    fish:  k3bundle completion fish > ~/.config/fish/completions/k3bundle.fish
+    """
+    click.echo(completion_script(cli, shell), nl=False)
 
 
 def _passthrough(command: str, summary: str) -> None:
     @cli.command(
         command,
+        cls=HostCommand,  # completes the installer's own options (installer/cli_parser.py)
         context_settings=PASSTHROUGH,
         add_help_option=False,
         help=summary,
         short_help=summary,
     )
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED, shell_complete=complete_host_argument)
     def run(args: Sequence[str]) -> None:
         given = ["-v"] if terminal.verbose() else []  # `k3bundle -v install` keeps its -v
         code = installer_cli.main(

@@ -12,6 +12,8 @@ from typing import Any
 
 from .errors import EXIT_CODES
 
+# The one k3bundle version: pyproject.toml reads it from here (the zipapp has no metadata).
+VERSION = "0.1.0"
 VERBOSE_HELP = "show a traceback on errors (anywhere on the command line)"
 EPILOG = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
 
@@ -60,6 +62,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    parser.add_argument("--version", action="version", version=f"k3bundle {VERSION}")
     sub = parser.add_subparsers(
         dest="command", metavar="{install,verify,inspect,status,recover,rollback,uninstall}"
     )

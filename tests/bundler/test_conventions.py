@@ -5,9 +5,12 @@ and the site config, all against real local registries and the stand-in release 
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -28,7 +31,7 @@ from k3bundle.bundler.site_config import default_path
 from k3bundle.installer.errors import FetchError, K3BundleError, UsageError
 from k3bundle.installer.verify import inspect_bundle
 from tests.bundler.conftest import bundle_path
-from tests.helpers import KeyFiles
+from tests.helpers import KeyFiles, run_k3bundle
 from tests.oci_registry import (  # noqa: F401 - tls_registry is a fixture
     PASSWORD,
     USER,
@@ -451,3 +454,55 @@ def test_a_bad_site_config_is_refused_naming_the_file_and_the_key(
     assert code == 2, output
     assert f"site config {config}" in output or str(config) in output
     assert expected in output
+
+
+# --- completion, the zipapp's --version, -q -----------------------------------------------------
+
+
+def complete(*words: str) -> List[str]:
+    """What bash completion offers after `k3bundle WORDS` (the last word being completed)."""
+    env = {"COMP_WORDS": " ".join(["k3bundle", *words]), "COMP_CWORD": str(len(words))}
+    done = run_k3bundle(env={**env, "_K3BUNDLE_COMPLETE": "bash_complete"})
+    assert done.returncode == 0, done.stderr
+    return [line.split(",", 1)[1] for line in done.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_prints_the_script_for_each_shell(shell: str) -> None:
+    done = run_k3bundle("completion", shell)
+    assert done.returncode == 0 and f"{shell}_complete" in done.stdout
+    assert "_K3BUNDLE_COMPLETE" in done.stdout
+
+
+def test_completion_covers_commands_build_options_and_the_host_commands_options() -> None:
+    assert {"build", "install", "verify", "completion", "keygen"} <= set(complete(""))
+    assert complete("build", "--sign-") == ["--sign-key"]
+    assert complete("install", "--pub") == ["--pubkey"]
+    assert "--allow-unsigned" in complete("verify", "--")
+    assert complete("install", "b.tar", "--arch", "arm") == ["arm64", "arm"]
+    assert complete("install", "") == [""]  # a file name: bash completes it itself
+
+
+def test_zipapp_version_is_the_package_version(tmp_path: Path) -> None:
+    assert run_k3bundle("installer-zipapp", "-q", "-o", str(tmp_path / "i.pyz")).stderr == ""
+    done = subprocess.run(
+        [sys.executable, "-I", str(tmp_path / "i.pyz"), "--version"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0
+    assert done.stdout == f"k3bundle {importlib.metadata.version('k3bundle')}\n"
+    assert importlib.metadata.version("k3bundle") in run_k3bundle("--version").stdout
+
+
+def test_keygen_quiet_prints_only_the_key_id(tmp_path: Path) -> None:
+    done = run_k3bundle("keygen", "-q", "-o", str(tmp_path / "site"))
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.startswith("Key id: ") and len(done.stdout.splitlines()) == 1
+
+
+def test_build_quiet_keeps_no_log_lines_even_with_verbose(
+    server: ReleaseServer, signer: KeyFiles, tmp_path: Path
+) -> None:
+    code, output = build(server, tmp_path, "-v", "--sign-key", str(signer.private))
+    assert code == 0, output
+    assert output.startswith("Built ") and "downloading" not in output and "verified" not in output
