@@ -15,11 +15,13 @@ PACKAGES  := $(foreach p,bundler installer manifests,$(if $(wildcard $(p)/__init
 # import), apache2-utils (htpasswd), curl, python3-venv (for Debian's own python3), strace (kills
 # the installer at exact system calls in the crash tests), util-linux (unshare --net), e2fsprogs
 # (chattr, for a read-only /usr/local/bin), debootstrap + systemd-container (the real systemd
-# hosts of tests/hosts: a Debian rootfs booted with systemd-nspawn).
+# hosts of tests/hosts: a Debian rootfs booted with systemd-nspawn), openssh-client + iproute2
+# (tests/fleet: Ansible reaches those hosts over ssh on a bridge in a network namespace).
 APT_PACKAGES := openssl systemd shellcheck zstd tar docker-registry skopeo umoci containerd runc \
-	apache2-utils curl python3-venv strace util-linux e2fsprogs debootstrap systemd-container
+	apache2-utils curl python3-venv strace util-linux e2fsprogs debootstrap systemd-container \
+	openssh-client iproute2
 
-.PHONY: install deps test test-hosts fuzz lint bench clean typecheck-tree demo
+.PHONY: install deps test test-hosts test-fleet fuzz lint bench clean typecheck-tree demo
 
 # The venv is rebuilt only when pyproject.toml changes.
 install: $(VENV)/.installed
@@ -49,6 +51,11 @@ test: install deps
 # Debian rootfs that debootstrap builds once into /var/cache/k3bundle-test-hosts.
 test-hosts: install deps
 	$(BIN)/python -m pytest tests/hosts -m hosts -p no:cacheprovider
+
+# The fleet layer alone (as root): five of those hosts with sshd on a bridge inside a network
+# namespace the test creates, driven by the k3bundle.airgap Ansible collection (ansible/).
+test-fleet: install deps
+	$(BIN)/python -m pytest tests/fleet -m fleet -p no:cacheprovider
 
 # The property-based fuzz tests with many random examples (make test runs them with a fixed seed
 # and a few dozen each). K3B_FUZZ_EXAMPLES=N sets the count per test.

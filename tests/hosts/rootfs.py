@@ -22,10 +22,11 @@ from typing import List
 CACHE = Path(os.environ.get("K3B_TEST_HOSTS_CACHE", "/var/cache/k3bundle-test-hosts"))
 # python3-yaml: the stand-in reads config.yaml like k3s (YAML 1.1); containerd + zstd: it
 # imports the image archives; kmod: the unit's ExecStartPre modprobe runs (and fails) for real;
-# openssl: the installer verifies Ed25519 signatures with it where cryptography is missing.
+# openssl: the installer verifies Ed25519 signatures with it where cryptography is missing;
+# openssh-server: tests/fleet drives the hosts with Ansible over ssh (it needs only python3 there).
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "python3", "python3-yaml", "containerd", "iptables",
-    "procps", "iproute2", "zstd", "kmod", "openssl",
+    "procps", "iproute2", "zstd", "kmod", "openssl", "openssh-server",
 )  # fmt: skip
 HOSTNAME = "k3b-host"
 SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
