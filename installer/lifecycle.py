@@ -21,6 +21,7 @@ from .record import Record, RecordError, RecordFile, RecordLink
 from .service import (
     Report,
     Runner,
+    forget_commands,
     is_host_root,
     restart_commands,
     run_all,
@@ -293,6 +294,8 @@ def _uninstall(
     Journal(dest.fs, durable=is_host_root(root)).commit(
         Change([], [*files, RECORD_PATH], [], links, [], keep_previous=False)
     )
+    if is_host_root(root):
+        run_all(forget_commands(unit), report, runner)
     if lock is not None:
         lock.release(remove=True)
     _remove_state_dir(dest)

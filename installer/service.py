@@ -87,6 +87,16 @@ def stop_commands(unit: str) -> List[List[str]]:
     return [["systemctl", "disable", "--now", unit]]
 
 
+def forget_commands(unit: str) -> List[List[str]]:
+    """After the unit file is gone: make systemd drop it, as upstream's k3s-uninstall.sh does.
+
+    A failed unit stays loaded until its failed state is reset; one that stopped cleanly may be
+    gone already, and then reset-failed has nothing to do (and says so with exit 1).
+    """
+    reset = f"systemctl reset-failed {unit} 2>/dev/null || true"
+    return [["systemctl", "daemon-reload"], ["sh", "-c", reset]]
+
+
 def run_all(
     commands: Sequence[Sequence[str]], report: Report, runner: Runner, dry_run: bool = False
 ) -> None:

@@ -185,11 +185,6 @@ def active(host: Host, unit: str) -> str:
     return host.run("systemctl", "is-active", unit, check=False).stdout.strip()
 
 
-def started_at(host: Host, unit: str) -> str:
-    """The unit's ExecMainStartTimestamp (changes only when it restarts)."""
-    return host.run("systemctl", "show", "-p", "ExecMainStartTimestamp", "--value", unit).stdout
-
-
 def installed_names(hosts: Mapping[str, Host]) -> List[str]:
     """The hosts that carry a k3bundle install record."""
     found = []

@@ -405,7 +405,11 @@ def test_uninstall_on_host_root_stops_and_disables_the_unit_first(
     monkeypatch.setattr(lifecycle, "is_host_root", lambda root: True)
     recorder = Recorder()
     lifecycle.uninstall(str(tmp_path), lambda line: None, recorder)  # never with purge here
-    assert recorder.commands == [["systemctl", "disable", "--now", "k3s.service"]]
+    assert recorder.commands == [
+        ["systemctl", "disable", "--now", "k3s.service"],
+        ["systemctl", "daemon-reload"],
+        ["sh", "-c", "systemctl reset-failed k3s.service 2>/dev/null || true"],
+    ]
     assert not (tmp_path / BIN / "k3s").exists()
 
 
