@@ -204,7 +204,7 @@ def _write(
     try:
         staged.add(output / INSTALLER_NAME, lambda tmp: _copy_installer(installer[0], tmp))
         text = _sums_text(bundle, installer[1])
-        staged.add(output / SUMS_NAME, lambda tmp: tmp.write_text(text, "utf-8"))
+        staged.add(output / SUMS_NAME, lambda tmp: tmp.write_bytes(text.encode("utf-8")))
     except BaseException:
         staged.abort()
         raise

@@ -274,4 +274,4 @@ def _parts_index(target: Path, sink: PartWriter, bundle_id: str) -> Callable[[Pa
     doc: Dict[str, Any] = {"format": PARTS_FORMAT, "bundle": target.name, "bundle_id": bundle_id}
     doc.update(size=sink.total, parts=sink.written)
     text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
-    return lambda tmp: tmp.write_text(text, "utf-8")
+    return lambda tmp: tmp.write_bytes(text.encode("utf-8"))  # bytes: no \r\n on Windows

@@ -3,6 +3,8 @@
 copy_file_range works within one filesystem (and shares blocks where the filesystem can);
 sendfile copies between any two files (a bundle on a FAT32 stick into /var); plain reads and
 writes are the last resort. The bytes never pass through Python on the first two paths.
+Each step is chosen at call time, so the same code runs where a call is missing (Windows has
+neither, nor pread) or refuses regular files (macOS sendfile: ENOTSOCK).
 """
 
 from __future__ import annotations
@@ -11,10 +13,22 @@ import errno
 import os
 from typing import Callable
 
-from .hashing import CHUNK
+from .hashing import CHUNK, pread
 
 COPY_CHUNK = 8 << 20  # how far the kernel copies before the caller hears of it
-_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
+# What a kernel without the call, a filesystem or a non-socket target answers (macOS sendfile
+# to a regular file: ENOTSOCK); EBADF for Windows-style descriptors; ENOTSUP is EOPNOTSUPP on
+# Linux but not on macOS.
+_NO_KERNEL_COPY = {
+    errno.EXDEV,
+    errno.ENOSYS,
+    errno.EINVAL,
+    errno.EOPNOTSUPP,
+    getattr(errno, "ENOTSUP", errno.EOPNOTSUPP),
+    errno.EPERM,
+    errno.ENOTSOCK,
+    errno.EBADF,
+}
 
 
 def copy_range(src: int, offset: int, size: int, dst: int, publish: Callable[[int], None]) -> None:
@@ -48,11 +62,13 @@ def _copy_file_range(src: int, dst: int, offset: int, count: int) -> int:
 
 
 def _sendfile(src: int, dst: int, offset: int, count: int) -> int:
+    if not hasattr(os, "sendfile"):  # Windows
+        raise OSError(errno.ENOSYS, "sendfile is not available")
     return os.sendfile(dst, src, offset, count)
 
 
 def _read_write(src: int, dst: int, offset: int, count: int) -> int:
-    data = os.pread(src, min(count, CHUNK), offset)
+    data = pread(src, min(count, CHUNK), offset)
     view = memoryview(data)
     while view:
         view = view[os.write(dst, view) :]
