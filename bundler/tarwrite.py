@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from k3bundle.installer.copying import copy_range
-from k3bundle.installer.hashing import HashJob
+from k3bundle.installer.hashing import O_BINARY, HashJob
 
 BLOCK = 512
 RECORD = 20 * BLOCK
@@ -46,7 +46,7 @@ class PartWriter:
         """Open a part when none is, and say how many of `want` bytes fit in it."""
         if self._fd < 0:
             tmp = tmp_name(self._name())
-            self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_BINARY, 0o644)
             self._hash = HashJob(None, self.target.name, [(tmp, 0, sys.maxsize)]).start()
         return want if self.limit is None else min(want, self.limit - self._in_part)
 
@@ -123,7 +123,29 @@ def tar_header(name: str, size: int, mode: int, mtime: int) -> bytes:
     info.size, info.mode, info.mtime = size, mode, mtime
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
+    blocks = bytearray(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict"))
+    _as_on_python_39(blocks, 0)  # the pax header's own ustar block, when there is one
+    if len(blocks) > BLOCK:
+        _as_on_python_39(blocks, len(blocks) - BLOCK)  # the member's ustar block
+    return bytes(blocks)
+
+
+_DEVICE_FIELDS = slice(329, 345)  # ustar devmajor + devminor, 8 bytes each
+_CHKSUM = slice(148, 156)
+
+
+def _as_on_python_39(blocks: bytearray, start: int) -> None:
+    """Blank devmajor/devminor and re-sum the ustar block at `start`, as Python 3.9+ writes them.
+
+    Python 3.8's tarfile._create_header computes blank device fields for non-device members
+    but still packs itn(0) (seven zeros and a NUL), as 3.9+ no longer does; that and the checksum it
+    changes were the only header bytes that differed between 3.8 and 3.13 (every other field,
+    pax records included, is the same), so blanking them gives the same bytes everywhere.
+    """
+    block = memoryview(blocks)[start : start + BLOCK]
+    block[_DEVICE_FIELDS] = bytes(16)
+    block[_CHKSUM] = b" " * 8
+    block[148:155] = b"%06o\0" % sum(block)  # tarfile's own layout: 6 octal digits, NUL, space
 
 
 def padding(size: int) -> bytes:

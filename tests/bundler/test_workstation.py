@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
@@ -113,3 +116,92 @@ def test_build_where_sendfile_refuses_regular_files_as_on_macos_is_byte_identica
     assert code == 0, output
     assert refused, "sendfile was never tried"
     assert digests(tmp_path / "macos") == digests(tmp_path / "normal")
+
+
+REPO = Path(__file__).resolve().parents[2]
+# Builds a fixed bundle with the writer only (it needs nothing but the installer package and the
+# standard library, so any Python can run it with -I): a long and a non-ASCII member name (pax
+# records), a nonzero mtime, a stand-in signature, split in parts. Prints name -> sha256.
+WRITE_FIXED_BUNDLE = """
+import hashlib, json, os, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from k3bundle.bundler.writer import entry_for_file, write_bundle
+from k3bundle.installer.manifest import Manifest
+from k3bundle.installer.signature import Signature
+out = Path(sys.argv[2])
+names = ["amd64/k3s", "amd64/" + "long-name-" * 12 + ".tar", "amd64/caf\u00e9.yaml"]
+entries, files = [], {}
+for number, name in enumerate(names):
+    local = out / "payload" / str(number)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(hashlib.sha256(name.encode()).digest() * (700 * number + 3))
+    entries.append(entry_for_file(local, name, "file", arch="amd64", mode=0o755 - number))
+    files[name] = local
+manifest = Manifest("v1.31.4+k3s1", ("amd64",), tuple(entries))
+def sign(data):
+    return Signature("sha256:" + "0" * 64, hashlib.sha512(data).digest())
+written = write_bundle(out / "fixed.tar", manifest, files, sign, 20480)
+print(json.dumps({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in written.files}))
+"""
+# The fixed bundle's digests as 3.8.18, 3.9.18, 3.10.13, 3.11.7, 3.12.1 and 3.13.0 all write it
+# (3.8 only since tar_header blanks the device fields): what a machine with one Python compares
+# with. A change to the writer that changes bundle bytes on purpose updates these too.
+FIXED_BUNDLE_GOLDEN = {
+    "fixed.tar.000": "e8ec6ec8180bec05fc75c2582d7c00748bdf93a13604934bf03eed426da71fb4",
+    "fixed.tar.001": "9e418d9add038305219d639eadc08a2811fe49891dfd80a0f362c0c89c475f74",
+    "fixed.tar.002": "3b1eaffbf1f89f95e12a807b0566195d090bafcf347653f53edc633af95dcefb",
+    "fixed.tar.003": "ecce5e4461dbffb6828332c37ff2395e34077e8b10e6390f6a8f3d9a82171d31",
+    "fixed.tar.parts.json": "b1a270f7194a3967f35ba14d048ef8179f2a29f3d4ef8a3b58ec79ce39df8778",
+}
+
+
+def pythons() -> List[Tuple[Tuple[int, ...], str]]:
+    """Every distinct Python >= 3.8 the machine has (pyenv's and this one), oldest first."""
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    found = {tuple(sys.version_info[:3]): sys.executable}
+    for candidate in sorted(root.glob("versions/3.*/bin/python3")):
+        match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", candidate.parents[1].name)
+        version = tuple(int(part) for part in match.groups()) if match else None
+        if version is not None and version >= (3, 8):
+            found.setdefault(version, str(candidate))
+    return sorted(found.items())
+
+
+def writer_tree(folder: Path) -> Path:
+    """k3bundle/{bundler/writer.py, bundler/tarwrite.py, installer/} as a path entry."""
+    package = folder / "k3bundle"
+    shutil.copytree(
+        REPO / "installer", package / "installer", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (package / "bundler").mkdir()
+    for name in ("writer.py", "tarwrite.py"):
+        shutil.copy(REPO / "bundler" / name, package / "bundler" / name)
+    (package / "__init__.py").write_text("")
+    (package / "bundler" / "__init__.py").write_text("")
+    return folder
+
+
+def fixed_bundle_under(python: str, tree: Path, out: Path) -> Dict[str, str]:
+    """The fixed bundle's digests as `python` writes it, isolated from site-packages."""
+    env = {"SOURCE_DATE_EPOCH": "1700000000", "PATH": os.environ.get("PATH", "")}
+    command = [python, "-I", "-c", WRITE_FIXED_BUNDLE, str(tree), str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    written: Dict[str, str] = json.loads(result.stdout)
+    return written
+
+
+def test_the_oldest_and_newest_python_write_the_same_bundle_bytes(tmp_path: Path) -> None:
+    found = pythons()
+    tree = writer_tree(tmp_path / "tree")
+    (oldest_version, oldest), (newest_version, newest) = found[0], found[-1]
+    first = fixed_bundle_under(oldest, tree, tmp_path / "oldest")
+    assert len(first) > 2  # several parts
+    if oldest_version == newest_version:  # one Python only: compare with the stored digests
+        assert first == FIXED_BUNDLE_GOLDEN, f"Python {oldest_version} writes other bytes"
+        return
+    assert fixed_bundle_under(newest, tree, tmp_path / "newest") == first, (
+        f"Python {oldest_version} and {newest_version} write different bundle bytes"
+    )
+    assert first == FIXED_BUNDLE_GOLDEN
