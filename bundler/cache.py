@@ -1,6 +1,6 @@
 """A content-addressed download cache: nothing enters it unverified, several builds may share it.
 
-Layout under the cache folder (default ~/.cache/k3bundle):
+Layout under the cache folder (default ~/.cache/k3bundle, or where the OS keeps caches):
   sha256/<hex>         verified content, named by its sha256
   partial/<hex>.part   an interrupted download of that content, resumed next time
   locks/<hex>.lock     held (an OS file lock) by the one process writing partial/<hex>.part
@@ -26,18 +26,16 @@ from urllib.parse import quote
 from k3bundle.installer.errors import FetchError
 
 from .limits import is_hex_key
+from .platform_dirs import user_cache_dir
 
-DEFAULT_CACHE = Path("~/.cache/k3bundle")
 _SUBFOLDERS = ("sha256", "partial", "locks", "index")
 
 
 def default_cache_dir() -> Path:
-    """The cache: $K3BUNDLE_CACHE_DIR, else $XDG_CACHE_HOME/k3bundle, else ~/.cache/k3bundle."""
+    """The cache: $K3BUNDLE_CACHE_DIR, else where the OS keeps caches (platform_dirs)."""
     if os.environ.get("K3BUNDLE_CACHE_DIR"):
         return Path(os.environ["K3BUNDLE_CACHE_DIR"])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"], "k3bundle")
-    return DEFAULT_CACHE.expanduser()
+    return Path(user_cache_dir("k3bundle"))
 
 
 def _checked(key: str) -> str:

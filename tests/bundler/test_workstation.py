@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
+from k3bundle.bundler.cache import default_cache_dir
+from k3bundle.bundler.platform_dirs import user_cache_dir
 from tests.bundler.conftest import VERSION, BuildRun
 from tests.helpers import KeyFiles, make_bundle
 from tests.release_server import ReleaseServer
@@ -205,3 +207,45 @@ def test_the_oldest_and_newest_python_write_the_same_bundle_bytes(tmp_path: Path
         f"Python {oldest_version} and {newest_version} write different bundle bytes"
     )
     assert first == FIXED_BUNDLE_GOLDEN
+
+
+@pytest.mark.parametrize(
+    ("platform", "env", "expected"),
+    [
+        ("linux", {}, "/home/ada/.cache/k3bundle"),
+        ("linux", {"XDG_CACHE_HOME": "/var/cache/ada"}, "/var/cache/ada/k3bundle"),
+        ("linux", {"XDG_CACHE_HOME": "  "}, "/home/ada/.cache/k3bundle"),
+        ("freebsd14", {}, "/home/ada/.cache/k3bundle"),
+        ("darwin", {"XDG_CACHE_HOME": "/ignored"}, "/home/ada/Library/Caches/k3bundle"),
+        (
+            "win32",
+            {"LOCALAPPDATA": r"C:\Users\ada\AppData\Local"},
+            r"C:\Users\ada\AppData\Local\k3bundle\Cache",
+        ),
+        (
+            "win32",
+            {},
+            r"\home\ada\AppData\Local\k3bundle\Cache",
+        ),  # no LOCALAPPDATA: HOME\AppData\Local
+    ],
+)
+def test_the_cache_lives_where_each_os_keeps_caches(
+    platform: str, env: Dict[str, str], expected: str
+) -> None:
+    assert str(user_cache_dir("k3bundle", platform, env, "/home/ada")) == expected
+
+
+def test_cache_dir_variable_and_flag_win_over_the_os_location(
+    run_build: BuildRun, signer: KeyFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("K3BUNDLE_CACHE_DIR", raising=False)
+    assert default_cache_dir() == tmp_path / "xdg" / "k3bundle"
+    monkeypatch.setenv("K3BUNDLE_CACHE_DIR", str(tmp_path / "variable"))
+    assert default_cache_dir() == tmp_path / "variable"
+    code, output = run_build(
+        "--version", VERSION, "--arch", "amd64"
+    )  # run_build passes --cache-dir
+    assert code == 0, output
+    assert (tmp_path / "cache" / "sha256").is_dir()
+    assert not (tmp_path / "variable").exists() and not (tmp_path / "xdg").exists()
