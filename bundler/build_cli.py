@@ -187,17 +187,24 @@ def build_command(spec_file: Optional[Path], **flags: Any) -> None:
     site: SiteConfig = click.get_current_context().meta.get(SITE_CONFIG, SiteConfig())
     settings = settings_from(spec, flags, site)
     on_tty = sys.stderr.isatty() and not flags["quiet"]
-    events: FetchEvents = FetchEvents()
-    if on_tty:
-        events = TqdmFetchEvents()
-    elif verbose and not flags["quiet"]:
-        events = LogFetchEvents()
+    events = fetch_events(on_tty, verbose, flags["quiet"])
     progress: Progress = TqdmProgress() if on_tty else Progress()
-    result = build(settings, events, progress, _warn, prompt_secret)
+    try:
+        result = build(settings, events, progress, _warn, prompt_secret)
+    finally:
+        if isinstance(events, TqdmFetchEvents):
+            events.close()
     if flags["as_json"]:
         click.echo(json.dumps(result_json(result), indent=2, sort_keys=True))
     else:
         click.echo("\n".join(summary_lines(result)))
+
+
+def fetch_events(on_tty: bool, verbose: bool, quiet: bool) -> FetchEvents:
+    """Bars on a terminal; elsewhere periodic lines, plus a line per file and retry with -v."""
+    if quiet:
+        return FetchEvents()
+    return TqdmFetchEvents() if on_tty else LogFetchEvents(verbose)
 
 
 def _warn(message: str) -> None:

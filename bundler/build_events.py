@@ -1,82 +1,142 @@
-"""Progress for `k3bundle build`'s downloads: tqdm bars on a terminal, log lines with -v."""
+"""Progress for `k3bundle build`'s downloads: tqdm bars on a terminal, log lines elsewhere.
+
+Release files, image blobs and chart blobs all report through the same FetchEvents, so every
+byte fetched is shown and counted in one total.
+"""
 
 from __future__ import annotations
 
 import sys
 import threading
-from typing import Any, Dict, Optional, Sequence
+import time
+from typing import Any, Callable, Dict, Optional
 
 import click
 from tqdm import tqdm
 
+from k3bundle.installer.progress import human_size
+
 from .fetch import Download, FetchEvents
+
+PERIOD = 10.0  # seconds between progress lines when stderr is not a terminal
+
+
+def _key(download: Download) -> str:
+    return download.sha256 or download.url
+
+
+def retry_line(download: Download, attempt: int, reason: str, delay: float) -> str:
+    """The line that reports one failed attempt: the URL, the attempt number and the wait."""
+    return f"retrying {download.url} in {delay:.1f}s (attempt {attempt} failed: {reason})"
 
 
 class TqdmFetchEvents(FetchEvents):
-    """A tqdm bar per file being downloaded plus one total bar, on a terminal."""
+    """A tqdm bar per transfer plus one total in bytes (with speed and ETA), on a terminal."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._bars: Dict[str, tqdm[Any]] = {}
         self._total: Optional[tqdm[Any]] = None
-
-    def planned(self, downloads: Sequence[Download]) -> None:
-        """Open the total bar, counting files."""
-        self._total = tqdm(total=len(downloads), desc="release files", unit="file", leave=True)
+        self._expected: Dict[str, int] = {}  # per transfer: bytes received + bytes still due
+        self._received: Dict[str, int] = {}
 
     def started(self, download: Download, total: Optional[int], done: int) -> None:
-        """Open (or reopen, after a resume) the file's bar."""
+        """Open (or reopen, after a resume) the transfer's bar; grow the total by what is due."""
+        key = _key(download)
         with self._lock:
-            old = self._bars.pop(download.sha256, None)
+            old = self._bars.pop(key, None)
             if old is not None:
                 old.close()
-            bar = tqdm(
-                total=total,
-                initial=done,
-                desc=download.name,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                leave=False,
+            self._bars[key] = tqdm(
+                total=total, initial=done, desc=download.name, **_BYTES, leave=False
             )
-            self._bars[download.sha256] = bar
+            received = self._received.setdefault(key, 0)
+            self._expected[key] = received + (total - done if total is not None else 0)
+            self._grow()
+
+    def _grow(self) -> None:
+        """The total's size: bytes received plus bytes due (unknown sizes: received only)."""
+        totals = self._total_bar()
+        totals.total = sum(self._expected.values())
+        totals.refresh()
+
+    def _total_bar(self) -> tqdm[Any]:
+        if self._total is None:
+            self._total = tqdm(total=0, desc="downloaded", **_BYTES, leave=True)
+        return self._total
 
     def advanced(self, download: Download, count: int) -> None:
-        """Move the file's bar."""
-        bar = self._bars.get(download.sha256)
-        if bar is not None:
-            bar.update(count)
+        """Move the transfer's bar and the total."""
+        key = _key(download)
+        with self._lock:
+            received = self._received[key] = self._received.get(key, 0) + count
+            bar = self._bars.get(key)
+            if bar is not None:
+                bar.update(count)
+            self._total_bar().update(count)
+            if received > self._expected.get(key, 0):  # a size nobody declared, or a liar
+                self._expected[key] = received
+                self._grow()
 
     def finished(self, download: Download, cached: bool) -> None:
-        """Close the file's bar and say where the file came from."""
+        """Close the transfer's bar and say where the file came from."""
         with self._lock:
-            bar = self._bars.pop(download.sha256, None)
+            bar = self._bars.pop(_key(download), None)
             if bar is not None:
                 bar.close()
-            if self._total is not None:
-                self._total.update(1)
-                if self._total.n >= (self._total.total or 0):
-                    self._total.close()
             tqdm.write(f"{'cached  ' if cached else 'verified'} {download.name}", file=sys.stderr)
 
-    def retrying(self, download: Download, reason: str, delay: float) -> None:
-        """Say why a transfer is retried."""
-        tqdm.write(f"retrying {download.name} in {delay:.1f}s: {reason}", file=sys.stderr)
+    def retried(self, download: Download, attempt: int, reason: str, delay: float) -> None:
+        """Say which transfer is retried, after which attempt, and when."""
+        tqdm.write(retry_line(download, attempt, reason, delay), file=sys.stderr)
+
+    def close(self) -> None:
+        """Close every bar still open (the build ended, or was interrupted)."""
+        with self._lock:
+            for bar in [*self._bars.values(), *([self._total] if self._total else [])]:
+                bar.close()
+            self._bars.clear()
+
+
+_BYTES: Dict[str, Any] = {"unit": "B", "unit_scale": True, "unit_divisor": 1024}
 
 
 class LogFetchEvents(FetchEvents):
-    """One line per file on stderr (for -v when stderr is not a terminal)."""
+    """Progress as plain lines on stderr (not a terminal): a total every PERIOD seconds, and
+    with -v a line per file and per retry."""
+
+    def __init__(self, verbose: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+        self.verbose, self._clock = verbose, clock
+        self._lock = threading.Lock()
+        self._received = 0
+        self._began = self._last = clock()
 
     def started(self, download: Download, total: Optional[int], done: int) -> None:
         """Say a transfer began or resumed."""
-        how = f"resuming at {done} bytes" if done else "downloading"
-        click.echo(f"{how} {download.url}", err=True)
+        if self.verbose:
+            how = f"resuming at {done} bytes" if done else "downloading"
+            click.echo(f"{how} {download.url}", err=True)
+
+    def advanced(self, download: Download, count: int) -> None:
+        """Count the bytes; every PERIOD seconds, say how many arrived and how fast."""
+        with self._lock:
+            self._received += count
+            now = self._clock()
+            if now - self._last < PERIOD:
+                return
+            self._last = now
+            speed = self._received / max(now - self._began, 1e-3)
+        click.echo(
+            f"downloaded {human_size(self._received)} so far ({human_size(speed)}/s)", err=True
+        )
 
     def finished(self, download: Download, cached: bool) -> None:
         """Say where the file came from."""
-        how = "cached  " if cached else "verified"
-        click.echo(f"{how} {download.name} sha256 {download.sha256}", err=True)
+        if self.verbose:
+            how = "cached  " if cached else "verified"
+            click.echo(f"{how} {download.name} sha256 {download.sha256}", err=True)
 
-    def retrying(self, download: Download, reason: str, delay: float) -> None:
-        """Say why a transfer is retried."""
-        click.echo(f"retrying {download.name} in {delay:.1f}s: {reason}", err=True)
+    def retried(self, download: Download, attempt: int, reason: str, delay: float) -> None:
+        """Say which transfer is retried, after which attempt, and when."""
+        if self.verbose:
+            click.echo(retry_line(download, attempt, reason, delay), err=True)

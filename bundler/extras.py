@@ -84,6 +84,8 @@ def collect(
             auth=registries.auth,
             mirrors=registries.mirrors,
             ca_files=registries.ca_files,
+            events=fetcher.events,  # image and chart bytes are shown and counted as files are
+            tally=fetcher.tally,
         )
 
     if refs:

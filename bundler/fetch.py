@@ -8,6 +8,7 @@ cache only when its sha256 matches the expected one.
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import threading
 import time
@@ -91,6 +92,23 @@ class FetchEvents:
     def retrying(self, download: Download, reason: str, delay: float) -> None:
         """A transfer failed transiently and will be retried after `delay` seconds."""
 
+    def retried(self, download: Download, attempt: int, reason: str, delay: float) -> None:
+        """Attempt number `attempt` failed; by default the same as `retrying`."""
+        self.retrying(download, reason, delay)
+
+
+class Tally:
+    """Bytes received over the network, counted by every worker thread of a build."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.total = 0
+
+    def add(self, count: int) -> None:
+        """Count `count` more bytes (`+=` on an attribute is not atomic across threads)."""
+        with self._lock:
+            self.total += count
+
 
 def make_session() -> requests.Session:
     """The one requests session: a User-Agent, checked redirects; retries and timeouts are
@@ -127,8 +145,13 @@ class Fetcher:
         self.events = events or FetchEvents()
         self._local = threading.local()
         self._session_factory, self._sleep = session_factory, sleep
-        self.transferred = 0
+        self.tally = Tally()
         self.downloaded: Set[str] = set()  # sha256s fetched (and verified) by this run
+
+    @property
+    def transferred(self) -> int:
+        """Bytes received so far, by this Fetcher and the registry clients sharing its tally."""
+        return self.tally.total
 
     def _session(self) -> requests.Session:
         # requests sessions are not thread-safe: one per worker thread.
@@ -213,14 +236,13 @@ class Fetcher:
             )
         delay = retry.delay if retry.delay is not None else self.settings.backoff * 2**attempt
         delay = min(delay, self.settings.max_backoff)
-        if download is not None:
-            self.events.retrying(download, retry.reason, delay)
+        about = download or Download(url, "", url.rsplit("/", 1)[-1])
+        self.events.retried(about, attempt + 1, retry.reason, delay)
         self._sleep(delay)
 
     def _check_status(self, response: requests.Response, url: str) -> None:
         if response.status_code in RETRY_STATUS:
-            after = response.headers.get("Retry-After", "")
-            raise _Retry(f"HTTP {response.status_code}", float(after) if after.isdigit() else None)
+            raise _Retry(f"HTTP {response.status_code}", retry_after(response))
         if response.status_code == 404:
             raise NotFoundError(
                 f"not found: {url} (HTTP 404)", "Check the version, architecture and --release-url."
@@ -291,7 +313,7 @@ class Fetcher:
                 out.write(buffer[:count])
                 digest.update(buffer[:count])
                 written += count
-                self.transferred += count
+                self.tally.add(count)
                 self.events.advanced(download, count)
         return written
 
@@ -323,3 +345,17 @@ def hash_prefix(path: Path, size: int) -> hashlib._Hash:
                 digest.update(chunk)
                 left -= len(chunk)
     return digest
+
+
+def retry_after(
+    response: requests.Response, now: Callable[[], float] = time.time
+) -> Optional[float]:
+    """The wait a Retry-After header asks for, in either form (seconds or an HTTP-date)."""
+    value = response.headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):  # absent or malformed: our own backoff applies
+        return None
+    return max(0.0, when.timestamp() - now())

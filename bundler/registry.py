@@ -33,9 +33,13 @@ from .fetch import (
     BUFFER,
     RETRY_STATUS,
     TRANSIENT,
+    Download,
+    FetchEvents,
     FetchSettings,
     NotFoundError,
+    Tally,
     hash_prefix,
+    retry_after,
 )
 from .limits import (
     MAX_MANIFEST,
@@ -96,6 +100,8 @@ class RegistryClient:
         sleep: Callable[[float], None] = time.sleep,
         mirrors: Mapping[str, str] = {},
         ca_files: Mapping[str, str] = {},
+        events: Optional[FetchEvents] = None,
+        tally: Optional[Tally] = None,
     ) -> None:
         logging.getLogger("oras.logger").setLevel(logging.CRITICAL)  # errors are ours to report
         self.settings, self._sleep = settings, sleep
@@ -106,7 +112,13 @@ class RegistryClient:
         self._logins = LoginStore([docker_config] if docker_config else auth_files())
         self._challenges: Dict[str, str] = {}
         self._local = threading.local()
-        self.transferred = 0
+        self.events = events or FetchEvents()
+        self.tally = tally or Tally()  # the build's Fetcher shares its own: one byte count
+
+    @property
+    def transferred(self) -> int:
+        """Bytes received so far (by every client sharing this client's tally)."""
+        return self.tally.total
 
     # --- public API -------------------------------------------------------------------------
 
@@ -117,7 +129,11 @@ class RegistryClient:
             check_digest(wanted, f"image {ref.name}")  # it becomes part of a URL path
         return self._mirrored(
             ref,
-            lambda wire: self._with_retries(wire, lambda: self._get_manifest_once(wire, wanted)),
+            lambda wire: self._with_retries(
+                wire,
+                lambda: self._get_manifest_once(wire, wanted),
+                self._url(wire, f"manifests/{wanted}"),
+            ),
         )
 
     def fetch_blob(self, ref: Reference, digest: str, size: int, cache: Cache) -> Path:
@@ -126,6 +142,7 @@ class RegistryClient:
         with cache.downloading(hexdigest) as partial:
             cached = cache.lookup(hexdigest)
             if cached is not None:
+                self.events.finished(_blob_download(ref, hexdigest, size, ""), cached=True)
                 return cached
             if self.settings.offline:
                 raise FetchError(
@@ -135,7 +152,9 @@ class RegistryClient:
             return self._mirrored(
                 ref,
                 lambda wire: self._with_retries(
-                    wire, lambda: self._fetch_blob_once(wire, hexdigest, size, cache, partial)
+                    wire,
+                    lambda: self._fetch_blob_once(wire, hexdigest, size, cache, partial),
+                    self._url(wire, f"blobs/sha256:{hexdigest}"),
                 ),
             )
 
@@ -199,7 +218,8 @@ class RegistryClient:
             if length.isdigit() and offset + int(length) > size:
                 partial.unlink(missing_ok=True)
                 raise too_large(url, size)
-            actual = self._stream(response, partial, offset, size)
+            download = _blob_download(ref, hexdigest, size, url)
+            actual = self._stream(download, response, partial, offset)
         if actual[1] > size:
             partial.unlink()
             raise too_large(url, size)
@@ -210,12 +230,15 @@ class RegistryClient:
                 f"got {actual[1]} bytes with sha256 {actual[0]}",
                 "The registry's copy is damaged or was replaced; nothing was cached.",
             )
-        return cache.admit(partial, hexdigest)
+        path = cache.admit(partial, hexdigest)
+        self.events.finished(download, cached=False)
+        return path
 
     def _stream(
-        self, response: requests.Response, partial: Path, offset: int, size: int
+        self, download: Download, response: requests.Response, partial: Path, offset: int
     ) -> Tuple[str, int]:
-        digest, written = hash_prefix(partial, offset), offset
+        digest, written, size = hash_prefix(partial, offset), offset, download.max_size
+        self.events.started(download, size, offset)
         with open(partial, "r+b" if offset else "wb") as out:
             out.seek(offset)
             out.truncate()
@@ -227,12 +250,13 @@ class RegistryClient:
                 out.write(buffer[:count])
                 digest.update(buffer[:count])
                 written += count
-                self.transferred += count
+                self.tally.add(count)
+                self.events.advanced(download, count)
         return digest.hexdigest(), written
 
     # --- requests, auth, retries --------------------------------------------------------------
 
-    def _with_retries(self, ref: Reference, once: Callable[[], _T]) -> _T:
+    def _with_retries(self, ref: Reference, once: Callable[[], _T], url: str) -> _T:
         for attempt in range(self.settings.retries + 1):
             try:
                 return once()
@@ -251,7 +275,10 @@ class RegistryClient:
                     "again: finished blobs are cached and an interrupted one resumes.",
                 )
             delay = self.settings.backoff * 2**attempt if delay is None else delay
-            self._sleep(min(delay, self.settings.max_backoff))
+            delay = min(delay, self.settings.max_backoff)
+            about = Download(url, "", ref.name)
+            self.events.retried(about, attempt + 1, reason, delay)
+            self._sleep(delay)
         raise AssertionError("unreachable")
 
     def _request(self, ref: Reference, url: str, headers: Dict[str, str]) -> requests.Response:
@@ -314,7 +341,10 @@ class RegistryClient:
     def _challenge(self, ref: Reference) -> str:
         """The auth scheme /v2/ asks for ("none", "basic" or "bearer"), once per endpoint."""
         if ref.endpoint not in self._challenges:
-            self._challenges[ref.endpoint] = self._with_retries(ref, lambda: self._probe(ref))
+            probe = f"{'http' if self._is_insecure(ref) else 'https'}://{ref.endpoint}/v2/"
+            self._challenges[ref.endpoint] = self._with_retries(
+                ref, lambda: self._probe(ref), probe
+            )
         return self._challenges[ref.endpoint]
 
     def _probe(self, ref: Reference) -> str:
@@ -322,8 +352,9 @@ class RegistryClient:
         session = BoundedSession(self.settings.timeout, self._insecure, self._verify(ref))
         with session, session.get(f"{scheme}://{ref.endpoint}/v2/", stream=True) as response:
             status, challenge = response.status_code, response.headers.get("Www-Authenticate")
+            after = retry_after(response)
         if status in RETRY_STATUS:
-            raise _Retry(f"HTTP {status} from {ref.endpoint}/v2/")
+            raise _Retry(f"HTTP {status} from {ref.endpoint}/v2/", after)
         if status == 401 and challenge:
             return challenge.split(" ", 1)[0].lower()
         if status < 400:
@@ -336,8 +367,7 @@ class RegistryClient:
     def _check_status(self, ref: Reference, response: requests.Response) -> None:
         status = response.status_code
         if status in RETRY_STATUS:
-            after = response.headers.get("Retry-After", "")
-            raise _Retry(f"HTTP {status}", float(after) if after.isdigit() else None)
+            raise _Retry(f"HTTP {status}", retry_after(response))
         if status in (401, 403):
             raise self._denied(ref, f"HTTP {status}")
         if status >= 400:
@@ -375,3 +405,8 @@ def _media_type(url: str, data: bytes, content_type: str) -> str:
     declared = parsed.get("mediaType") if isinstance(parsed, dict) else None
     # umoci and Helm write OCI manifests without mediaType; the header is all there is then.
     return declared if isinstance(declared, str) else content_type.split(";", 1)[0].strip()
+
+
+def _blob_download(ref: Reference, hexdigest: str, size: int, url: str) -> Download:
+    """A blob as the event stream names it: the image and the digest's first 12 digits."""
+    return Download(url, hexdigest, f"{ref.name} sha256:{hexdigest[:12]}", size)

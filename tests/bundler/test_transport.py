@@ -1,0 +1,173 @@
+"""One transport: image and chart bytes counted and shown like release files, retries reported,
+Ctrl-C, rotted cache entries and a full disk, against real local servers."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator, List, Optional, Tuple
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from k3bundle.bundler.build_cli import build_command
+from k3bundle.bundler.build_events import LogFetchEvents
+from k3bundle.bundler.cache import Cache
+from k3bundle.bundler.fetch import Download, FetchEvents, retry_after
+from k3bundle.bundler.reference import parse_reference
+from k3bundle.bundler.registry import RegistryClient
+from tests.bundler.conftest import VERSION
+from tests.helpers import run_k3bundle
+from tests.oci_registry import LocalRegistry, PushedImages
+from tests.release_server import ReleaseServer
+
+NO_CONFIG = Path("/nonexistent/k3b/config.json")
+
+
+class Recorder(FetchEvents):
+    """What a client reported: (event, name, number) triples."""
+
+    def __init__(self) -> None:
+        self.seen: List[Tuple[str, str, int]] = []
+        self._lock = threading.Lock()
+
+    def _add(self, kind: str, download: Download, number: int) -> None:
+        with self._lock:
+            self.seen.append((kind, download.name, number))
+
+    def started(self, download: Download, total: Optional[int], done: int) -> None:
+        self._add("started", download, total or 0)
+
+    def advanced(self, download: Download, count: int) -> None:
+        self._add("advanced", download, count)
+
+    def finished(self, download: Download, cached: bool) -> None:
+        self._add("cached" if cached else "verified", download, 0)
+
+    def count(self, kind: str) -> int:
+        return sum(1 for k, _, _ in self.seen if k == kind)
+
+
+def blob_sizes(client: RegistryClient, image: str) -> List[Tuple[str, int]]:
+    """(digest, size) of the config and layers of a single-platform image."""
+    manifest = json.loads(client.get_manifest(parse_reference(image)).data)
+    return [(b["digest"], b["size"]) for b in [manifest["config"], *manifest["layers"]]]
+
+
+def test_image_blobs_go_through_the_event_stream_and_are_counted(
+    registry: LocalRegistry, pushed_images: PushedImages, tmp_path: Path
+) -> None:
+    events = Recorder()
+    client = RegistryClient(
+        insecure=[registry.host], docker_config=NO_CONFIG, sleep=lambda s: None, events=events
+    )
+    cache, ref = Cache(tmp_path / "cache"), parse_reference(pushed_images.single)
+    blobs = blob_sizes(client, pushed_images.single)
+    for digest, size in blobs:
+        client.fetch_blob(ref, digest, size, cache)
+    total = sum(size for _, size in blobs)
+    assert client.transferred == total
+    assert sum(n for kind, _, n in events.seen if kind == "advanced") == total
+    assert events.count("started") == events.count("verified") == len(blobs)
+    assert all(ref.name in name for _, name, _ in events.seen)
+    for digest, size in blobs:  # the second time: from the cache, said so, nothing counted
+        client.fetch_blob(ref, digest, size, cache)
+    assert events.count("cached") == len(blobs)
+    assert client.transferred == total
+
+
+def _cli_build(server: ReleaseServer, tmp_path: Path, *args: str) -> Any:
+    base = ["--release-url", server.release_url, "--channel-url", server.channel_url, "-q"]
+    base += ["--cache-dir", str(tmp_path / "cache"), "--version", VERSION, "--arch", "amd64"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(tmp_path))
+        patch.delenv("DOCKER_CONFIG", raising=False)
+        return CliRunner().invoke(build_command, [*base, *args])
+
+
+def test_build_summary_counts_the_bytes_of_pulled_images(
+    server: ReleaseServer, registry: LocalRegistry, pushed_images: PushedImages, tmp_path: Path
+) -> None:
+    first = _cli_build(server, tmp_path, "-o", str(tmp_path / "plain"))
+    assert first.exit_code == 0, first.output
+    image = ("--image", pushed_images.single, "--insecure-registry", registry.host)
+    second = _cli_build(server, tmp_path, "-o", str(tmp_path / "img"), "--json", *image)
+    assert second.exit_code == 0, second.output
+    client = RegistryClient(insecure=[registry.host], docker_config=NO_CONFIG)
+    expected = sum(size for _, size in blob_sizes(client, pushed_images.single))
+    assert json.loads(second.stdout)["downloaded_bytes"] == expected  # release files: cached
+
+
+@pytest.fixture
+def unavailable_registry() -> Iterator[str]:
+    """A host:port that answers 503 (Retry-After: 0) to everything."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(503)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_registry_retries_are_reported_with_verbose(
+    server: ReleaseServer, unavailable_registry: str, tmp_path: Path
+) -> None:
+    host = unavailable_registry
+    result = run_k3bundle(
+        "build", "-v", "--release-url", server.release_url, "--version", VERSION,
+        "--arch", "amd64", "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "d"),
+        "--image", f"{host}/x/y:1", "--insecure-registry", host, "--retries", "2",
+        env={"HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 8, result.stderr
+    lines = [x for x in result.stderr.splitlines() if x.startswith("retrying")]
+    assert lines == [
+        f"retrying http://{host}/v2/ in 0.0s (attempt {n} failed: HTTP 503 from {host}/v2/)"
+        for n in (1, 2)
+    ]
+
+
+def test_log_events_print_a_progress_line_every_period_when_not_a_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    now = [0.0]
+    events = LogFetchEvents(verbose=False, clock=lambda: now[0])
+    download = Download("http://127.0.0.1/f", "0" * 64, "f")
+    for _ in range(3):
+        now[0] += 6.0
+        events.advanced(download, 1 << 20)
+    assert capsys.readouterr().err.splitlines() == ["downloaded 2.0 MiB so far (170.7 KiB/s)"]
+
+
+@pytest.mark.parametrize(
+    ("header", "wait"),
+    [
+        ("7", 7.0),
+        ("Wed, 02 Dec 2026 00:00:30 GMT", 30.0),  # an HTTP-date, 30 s after "now"
+        ("Tue, 01 Dec 2026 23:00:00 GMT", 0.0),  # already past: no wait
+        ("soon", None),  # malformed: our own backoff applies
+        (None, None),
+    ],
+)
+def test_retry_after_is_read_in_both_of_its_forms(
+    header: Optional[str], wait: Optional[float]
+) -> None:
+    response = requests.Response()
+    if header is not None:
+        response.headers["Retry-After"] = header
+    now = email.utils.parsedate_to_datetime("Wed, 02 Dec 2026 00:00:00 GMT").timestamp()
+    assert retry_after(response, lambda: now) == wait
