@@ -6,14 +6,16 @@ owns the format; this module only writes what those definitions describe.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tuple
 
-from k3bundle.installer.errors import IntegrityError, UsageError
+from k3bundle.installer.errors import InstallError, IntegrityError, UsageError
 from k3bundle.installer.hashing import HashJob, HashPool, sha256_file
 from k3bundle.installer.manifest import MANIFEST_NAME, SIGNATURE_NAME, Entry, Manifest
 from k3bundle.installer.parts import PARTS_FORMAT, parts_index_path
@@ -168,14 +170,66 @@ class Staged:
         return final
 
     def commit(self) -> None:
-        """Rename everything into place; a failure before this leaves every old file as it was."""
-        for tmp, final in self.renames:
-            os.replace(tmp, final)
+        """Rename everything into place, all or nothing: a failed rename puts back what moved.
+
+        The previous build's files step aside first (.NAME.old), so a rename refused half way
+        (Windows: a file open in another program) leaves them whole, and the new files under
+        their temporary names.
+        """
+        done: List[Tuple[Path, Path]] = []
+        try:
+            for _, final in self.renames:
+                if os.path.lexists(final):
+                    done.append(_rename(final, _old_name(final)))
+            for tmp, final in self.renames:
+                done.append(_rename(tmp, final))
+        except _RenameError as exc:
+            for source, target in reversed(done):
+                with contextlib.suppress(OSError):  # best effort: keep undoing the rest
+                    os.replace(target, source)
+            raise exc.diagnosed() from None
+        for _, final in self.renames:
+            with contextlib.suppress(OSError):  # Windows: a reader still holds the old file
+                _old_name(final).unlink(missing_ok=True)
 
     def abort(self) -> None:
         """Remove every temporary file."""
         for tmp, _ in self.renames:
             tmp.unlink(missing_ok=True)
+
+
+RENAME_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.8)  # seconds: a virus scanner's or indexer's brief hold
+
+
+class _RenameError(Exception):
+    def __init__(self, source: Path, target: Path, error: OSError) -> None:
+        self.source, self.target, self.error = source, target, error
+
+    def diagnosed(self) -> InstallError:
+        return InstallError(
+            f"cannot rename {self.source} to {self.target.name}: {self.error.strerror}",
+            "Close any program that has the bundle's files open, then build again; the "
+            "previous build's files are whole and the new ones wait under temporary names.",
+        )
+
+
+def _rename(source: Path, target: Path) -> Tuple[Path, Path]:
+    """os.replace, retried briefly while Windows reports a sharing violation (PermissionError)."""
+    for delay in (*RENAME_RETRIES, None):
+        try:
+            os.replace(source, target)
+            return source, target
+        except PermissionError as exc:
+            if delay is None:
+                raise _RenameError(source, target, exc) from None
+            time.sleep(delay)
+        except OSError as exc:
+            raise _RenameError(source, target, exc) from None
+    raise AssertionError("unreachable")
+
+
+def _old_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.old")
 
 
 def write_bundle(

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple, cast
 
 import pytest
 
@@ -249,3 +249,48 @@ def test_cache_dir_variable_and_flag_win_over_the_os_location(
     assert code == 0, output
     assert (tmp_path / "cache" / "sha256").is_dir()
     assert not (tmp_path / "variable").exists() and not (tmp_path / "xdg").exists()
+
+
+def refuse_renames_onto(
+    monkeypatch: pytest.MonkeyPatch, name: str, times: int = 1_000
+) -> List[str]:
+    """Renaming the new `name` into place fails `times` times, as Windows does for an open file."""
+    real_replace, refused = os.replace, cast(List[str], [])
+
+    def replace(source: Any, target: Any) -> None:
+        if Path(source).name == f".{name}.tmp" and len(refused) < times:
+            refused.append(str(source))
+            raise PermissionError(13, "The process cannot access the file")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return refused
+
+
+def test_a_refused_rename_keeps_the_previous_build_whole_and_exits_7_naming_the_file(
+    run_build: BuildRun, signer: KeyFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, output = run_build("--version", VERSION, "--arch", "amd64")
+    assert code == 0, output
+    previous = digests(tmp_path / "dist")
+    refuse_renames_onto(monkeypatch, "SHA256SUMS")  # the last rename: every part has moved
+    code, output = run_build("--version", VERSION, "--arch", "amd64", "--split", SPLIT)
+    assert code == 7, output
+    error = [line for line in output.splitlines() if line.startswith("Error: ")]
+    assert error == [error[0]] and ".SHA256SUMS.tmp to SHA256SUMS" in error[0], output
+    visible = {k: v for k, v in digests(tmp_path / "dist").items() if not k.startswith(".")}
+    assert visible == previous
+    waiting = {p.name for p in (tmp_path / "dist").glob(".*.tmp")}
+    assert ".k3s-v1.31.4-k3s1-amd64.tar.000.tmp" in waiting and ".SHA256SUMS.tmp" in waiting
+
+
+def test_a_rename_refused_briefly_is_retried_and_the_build_completes(
+    run_build: BuildRun, signer: KeyFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused = refuse_renames_onto(monkeypatch, "SHA256SUMS", times=2)
+    code, output = run_build("--version", VERSION, "--arch", "amd64")
+    assert code == 0, output
+    assert len(refused) == 2
+    sums = (tmp_path / "dist" / "SHA256SUMS").read_text("utf-8")
+    assert "k3s-v1.31.4-k3s1-amd64.tar" in sums
+    assert not list((tmp_path / "dist").glob(".*"))
