@@ -211,3 +211,11 @@ def make_standin_bundle(
     files = {path: local for path, (local, _) in payload.items()}
     output = write_bundle(folder / name, manifest, files, keys.load_signer(signer.private), None)
     return output.files[0]
+
+
+def build_zipapp(folder: Path) -> Path:
+    """k3bundle-install.pyz in `folder`, as `k3bundle installer-zipapp -o` writes it."""
+    target = folder / "k3bundle-install.pyz"
+    done = run_k3bundle("installer-zipapp", "-o", str(target))
+    assert done.returncode == 0, done.stderr
+    return target

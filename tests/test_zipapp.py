@@ -18,7 +18,7 @@ import pytest
 
 import k3bundle.installer
 from k3bundle.installer.errors import IntegrityError, TrustError
-from tests.helpers import KeyFiles, make_bundle, make_keys, run_k3bundle, snapshot
+from tests.helpers import KeyFiles, build_zipapp, make_bundle, make_keys, run_k3bundle, snapshot
 
 # What the installer must never need (DESIGN.md: installer never imports these).
 THIRD_PARTY = ("click", "requests", "cryptography", "yaml", "tqdm", "oras")
@@ -90,10 +90,7 @@ def stdlib_python() -> Interpreter:
 @pytest.fixture(scope="module")
 def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """k3bundle-install.pyz as `k3bundle installer-zipapp` writes it."""
-    target = tmp_path_factory.mktemp("zipapp") / "k3bundle-install.pyz"
-    done = run_k3bundle("installer-zipapp", "-o", str(target))
-    assert done.returncode == 0, done.stderr
-    return target
+    return build_zipapp(tmp_path_factory.mktemp("zipapp"))
 
 
 @pytest.fixture(scope="module")

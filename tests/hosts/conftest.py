@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.helpers import KeyFiles, make_keys, make_standin_bundle, run_k3bundle
+from tests.helpers import KeyFiles, build_zipapp, make_keys, make_standin_bundle
 from tests.hosts import rootfs
 from tests.hosts.container import Host
 from tests.hosts.images import image_archive
@@ -66,10 +66,7 @@ def host_arch() -> str:
 @pytest.fixture(scope="session")
 def host_zipapp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """k3bundle-install.pyz, as `k3bundle installer-zipapp` writes it."""
-    target = tmp_path_factory.mktemp("hosts-zipapp") / "k3bundle-install.pyz"
-    done = run_k3bundle("installer-zipapp", "-o", str(target))
-    assert done.returncode == 0, done.stderr
-    return target
+    return build_zipapp(tmp_path_factory.mktemp("hosts-zipapp"))
 
 
 @pytest.fixture(scope="session")
