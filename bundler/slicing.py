@@ -166,7 +166,7 @@ def _stage_extras(staged: Staged, inputs: Path, output: Path) -> Optional[Path]:
             sha256s[INSTALLER_NAME] = _checked_installer(found, inputs / SUMS_NAME)
             installer = staged.add(output / INSTALLER_NAME, lambda tmp: _copy(found, tmp))
         text = "".join(f"{sha}  {name}\n" for name, sha in sorted(sha256s.items()))
-        staged.add(output / SUMS_NAME, lambda tmp: tmp.write_bytes(text.encode("utf-8"))  # no CRLF on Windows)
+        staged.add(output / SUMS_NAME, lambda tmp: tmp.write_bytes(text.encode("utf-8")))
     except BaseException:
         staged.abort()
         raise
