@@ -13,7 +13,7 @@ import errno
 import os
 from typing import Callable
 
-from .hashing import CHUNK, pread
+from .positional import CHUNK, pread
 
 COPY_CHUNK = 8 << 20  # how far the kernel copies before the caller hears of it
 # What a kernel without the call, a filesystem or a non-socket target answers (macOS sendfile
