@@ -26,6 +26,7 @@ from .progress import TqdmProgress
 from .site_config import SiteConfig, default_path, load_site_config
 from .spec import Spec, load_spec
 from .terminal import prompt_secret, verbose_option
+from .transport import Interrupted
 from .writer import parse_size
 
 SITE_CONFIG = "k3bundle.site_config"
@@ -191,6 +192,11 @@ def build_command(spec_file: Optional[Path], **flags: Any) -> None:
     progress: Progress = TqdmProgress() if on_tty else Progress()
     try:
         result = build(settings, events, progress, _warn, prompt_secret)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted (Ctrl-C); partial downloads are kept in {settings.cache_dir} and the "
+            "next build resumes them"
+        ) from None
     finally:
         if isinstance(events, TqdmFetchEvents):
             events.close()

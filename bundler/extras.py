@@ -86,10 +86,11 @@ def collect(
             ca_files=registries.ca_files,
             events=fetcher.events,  # image and chart bytes are shown and counted as files are
             tally=fetcher.tally,
+            cancel=fetcher.cancel,
         )
 
     if refs:
-        pulled = pull_all(client, refs, arches, cache, settings.jobs)
+        pulled = pull_all(client, refs, arches, cache, settings.jobs, fetcher.cancel)
         _add_images(extras, pulled, arches, images_format, cache, work)
     if charts:
         _add_charts(extras, charts, fetcher, client(), cache, work)

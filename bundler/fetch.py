@@ -8,11 +8,8 @@ cache only when its sha256 matches the expected one.
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional, Sequence, Set, Tuple
@@ -32,9 +29,9 @@ from .limits import (
     redirect_error,
     too_large,
 )
+from .transport import Cancel, Tally, retry_after, run_parallel, stream_body
 
 CHUNK = 1 << 20
-BUFFER = 4 << 20
 USER_AGENT = "k3bundle/0.1 (air-gap bundler for k3s)"
 RETRY_STATUS = {429, 500, 502, 503, 504}
 TRANSIENT = (
@@ -97,19 +94,6 @@ class FetchEvents:
         self.retrying(download, reason, delay)
 
 
-class Tally:
-    """Bytes received over the network, counted by every worker thread of a build."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.total = 0
-
-    def add(self, count: int) -> None:
-        """Count `count` more bytes (`+=` on an attribute is not atomic across threads)."""
-        with self._lock:
-            self.total += count
-
-
 def make_session() -> requests.Session:
     """The one requests session: a User-Agent, checked redirects; retries and timeouts are
     handled per request."""
@@ -139,12 +123,15 @@ class Fetcher:
         settings: FetchSettings = FetchSettings(),
         events: Optional[FetchEvents] = None,
         session_factory: Callable[[], requests.Session] = make_session,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Optional[Callable[[float], None]] = None,
+        cancel: Optional[Cancel] = None,
     ) -> None:
         self.cache, self.settings = cache, settings
         self.events = events or FetchEvents()
         self._local = threading.local()
-        self._session_factory, self._sleep = session_factory, sleep
+        self.cancel = cancel or Cancel()  # shared with the registry clients of the same build
+        self._session_factory = session_factory
+        self._sleep = sleep or self.cancel.sleep  # a backoff ends at once on Ctrl-C
         self.tally = Tally()
         self.downloaded: Set[str] = set()  # sha256s fetched (and verified) by this run
 
@@ -192,8 +179,7 @@ class Fetcher:
         """Fetch every download (in parallel, --jobs at once); return {sha256: cached path}."""
         unique = list({d.sha256: d for d in downloads}.values())
         self.events.planned(unique)
-        with ThreadPoolExecutor(max_workers=max(1, self.settings.jobs)) as pool:
-            paths = list(pool.map(self.fetch, unique))
+        paths = run_parallel(self.fetch, unique, self.settings.jobs, self.cancel)
         return {d.sha256: p for d, p in zip(unique, paths)}
 
     def fetch(self, download: Download) -> Path:
@@ -228,6 +214,7 @@ class Fetcher:
     def _pause(
         self, attempt: int, url: str, retry: _Retry, download: Optional[Download] = None
     ) -> None:
+        self.cancel.check()  # a transfer cut short by Ctrl-C is not retried
         if attempt >= self.settings.retries:
             raise FetchError(
                 f"giving up on {url} after {attempt + 1} attempts: {retry.reason}",
@@ -266,7 +253,8 @@ class Fetcher:
                     raise _Retry("the server refused to resume (HTTP 416); starting over", 0)
                 self._check_status(response, download.url)
                 resumed = have > 0 and response.status_code == 206
-                return self._stream(download, response, partial, have if resumed else 0)
+                with self.cancel.watching(response):
+                    return self._stream(download, response, partial, have if resumed else 0)
         except REDIRECT_ERRORS as exc:
             raise redirect_error(download.url, exc) from None
         except TRANSIENT as exc:
@@ -299,23 +287,12 @@ class Fetcher:
         digest: hashlib._Hash,
     ) -> int:
         """Append the body to `partial` from `offset`, stopping one byte past `limit`."""
-        written = offset
-        with open(partial, "r+b" if offset else "wb") as out:
-            out.seek(offset)
-            out.truncate()
-            # readinto one reused buffer: iter_content's per-chunk copies cost a third of the
-            # throughput on loopback (bench/build_vs_curl.py).
-            buffer = memoryview(bytearray(BUFFER))
-            while written <= limit:
-                count = response.raw.readinto(buffer[: min(BUFFER, limit - written + 1)])
-                if not count:
-                    break
-                out.write(buffer[:count])
-                digest.update(buffer[:count])
-                written += count
-                self.tally.add(count)
-                self.events.advanced(download, count)
-        return written
+
+        def received(count: int) -> None:
+            self.tally.add(count)
+            self.events.advanced(download, count)
+
+        return stream_body(response, partial, offset, limit, digest, self.cancel, received)
 
     def _admit(self, download: Download, partial: Path, actual: str) -> Path:
         if actual != download.sha256:
@@ -345,17 +322,3 @@ def hash_prefix(path: Path, size: int) -> hashlib._Hash:
                 digest.update(chunk)
                 left -= len(chunk)
     return digest
-
-
-def retry_after(
-    response: requests.Response, now: Callable[[], float] = time.time
-) -> Optional[float]:
-    """The wait a Retry-After header asks for, in either form (seconds or an HTTP-date)."""
-    value = response.headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):  # absent or malformed: our own backoff applies
-        return None
-    return max(0.0, when.timestamp() - now())

@@ -12,7 +12,6 @@ import io
 import json
 import tarfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -24,6 +23,7 @@ from .cache import Cache
 from .limits import check_digest, check_size
 from .reference import Reference
 from .registry import Fetched, RegistryClient
+from .transport import Cancel, run_parallel
 
 INDEX_TYPES = (
     "application/vnd.oci.image.index.v1+json",
@@ -143,6 +143,7 @@ def pull_all(
     arches: Sequence[str],
     cache: Cache,
     jobs: int,
+    cancel: Optional[Cancel] = None,
 ) -> List[PulledImage]:
     """Pull every image for every architecture, `jobs` at a time, in a stable order."""
     pairs = [(ref, arch) for ref in refs for arch in arches]
@@ -153,8 +154,7 @@ def pull_all(
             local.client = client_factory()
         return pull(local.client, pair[0], pair[1], cache)
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(one, pairs))
+    return run_parallel(one, pairs, jobs, cancel or Cancel())
 
 
 def _json(fetched: Fetched, ref: Reference) -> Dict[str, Any]:

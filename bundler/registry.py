@@ -15,7 +15,6 @@ import hashlib
 import logging
 import re
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Collection, Dict, Mapping, Optional, Tuple, TypeVar, Union
@@ -30,16 +29,13 @@ from k3bundle.installer.jsondoc import load_json
 from .cache import Cache
 from .credentials import Credentials, LoginStore, auth_files, registry_host
 from .fetch import (
-    BUFFER,
     RETRY_STATUS,
     TRANSIENT,
     Download,
     FetchEvents,
     FetchSettings,
     NotFoundError,
-    Tally,
     hash_prefix,
-    retry_after,
 )
 from .limits import (
     MAX_MANIFEST,
@@ -52,6 +48,7 @@ from .limits import (
 from .mirrors import mirror_error, wire_reference
 from .reference import Reference
 from .tokens import BoundedSession, ScopedTokenAuth, TokenDenied, fetch_token, tls_error
+from .transport import Cancel, Tally, retry_after, stream_body
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -97,14 +94,17 @@ class RegistryClient:
         insecure: Collection[str] = (),
         auth: Mapping[str, Credentials] = {},
         docker_config: Optional[Path] = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Optional[Callable[[float], None]] = None,
         mirrors: Mapping[str, str] = {},
         ca_files: Mapping[str, str] = {},
         events: Optional[FetchEvents] = None,
         tally: Optional[Tally] = None,
+        cancel: Optional[Cancel] = None,
     ) -> None:
         logging.getLogger("oras.logger").setLevel(logging.CRITICAL)  # errors are ours to report
-        self.settings, self._sleep = settings, sleep
+        self.settings = settings
+        self.cancel = cancel or Cancel()
+        self._sleep = sleep or self.cancel.sleep  # a backoff ends at once on Ctrl-C
         self._insecure = {registry_host(host) for host in insecure}
         self._auth = {registry_host(host): creds for host, creds in auth.items()}
         self._mirrors = {registry_host(host): to for host, to in mirrors.items()}
@@ -219,7 +219,8 @@ class RegistryClient:
                 partial.unlink(missing_ok=True)
                 raise too_large(url, size)
             download = _blob_download(ref, hexdigest, size, url)
-            actual = self._stream(download, response, partial, offset)
+            with self.cancel.watching(response):
+                actual = self._stream(download, response, partial, offset)
         if actual[1] > size:
             partial.unlink()
             raise too_large(url, size)
@@ -237,27 +238,22 @@ class RegistryClient:
     def _stream(
         self, download: Download, response: requests.Response, partial: Path, offset: int
     ) -> Tuple[str, int]:
-        digest, written, size = hash_prefix(partial, offset), offset, download.max_size
+        digest, size = hash_prefix(partial, offset), download.max_size
         self.events.started(download, size, offset)
-        with open(partial, "r+b" if offset else "wb") as out:
-            out.seek(offset)
-            out.truncate()
-            buffer = memoryview(bytearray(BUFFER))  # one reused buffer, as bundler/fetch.py does
-            while written <= size:  # one byte past the declared size is enough to refuse
-                count = response.raw.readinto(buffer[: min(BUFFER, size - written + 1)])
-                if not count:
-                    break
-                out.write(buffer[:count])
-                digest.update(buffer[:count])
-                written += count
-                self.tally.add(count)
-                self.events.advanced(download, count)
+
+        def received(count: int) -> None:
+            self.tally.add(count)
+            self.events.advanced(download, count)
+
+        # one byte past the declared size is enough to refuse
+        written = stream_body(response, partial, offset, size, digest, self.cancel, received)
         return digest.hexdigest(), written
 
     # --- requests, auth, retries --------------------------------------------------------------
 
     def _with_retries(self, ref: Reference, once: Callable[[], _T], url: str) -> _T:
         for attempt in range(self.settings.retries + 1):
+            self.cancel.check()
             try:
                 return once()
             except _Retry as retry:
@@ -268,6 +264,7 @@ class RegistryClient:
                 raise tls_error(exc, ref.endpoint, ref.name, ref.registry) from None
             except TRANSIENT as exc:  # also raised mid-body, while a blob streams
                 reason, delay = f"{type(exc).__name__}: {exc}", None
+            self.cancel.check()  # a transfer cut short by Ctrl-C is not retried
             if attempt >= self.settings.retries:
                 raise FetchError(
                     f"giving up on {ref.name} after {attempt + 1} attempts: {reason}",

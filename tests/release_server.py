@@ -80,7 +80,7 @@ _FAULT_OPTS: Dict[str, Tuple[str, ...]] = {
     "drop": ("after", "reset"),
     "ignore-range": (),
     "status": ("status", "retry_after"),
-    "stall": ("seconds", "before_headers"),
+    "stall": ("seconds", "before_headers", "after"),
     "corrupt": ("offset",),
 }
 CHUNK = 1 << 20
@@ -494,6 +494,12 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if head:
                 return
+            if fault is not None and fault.kind == "stall" and fault.opts.get("after"):
+                self._send(f, first, min(int(fault.opts["after"]), count), None)
+                self.wfile.flush()  # the client holds these bytes while the rest never comes
+                self._stalled(fault, before_headers=False)
+                self._drop(False)
+                return
             if self._stalled(fault, before_headers=False):
                 self._drop(False)
                 return
@@ -645,6 +651,7 @@ class ReleaseServer:
           "ignore-range"  answer 200 with the full body even when Range is asked
           "status"        status=<code, default 503>, retry_after=<Retry-After value or None>
           "stall"         seconds=<default 10>, before_headers=<sleep before headers, default False>
+                          after=<bytes of body sent before the stall, default 0>
           "corrupt"       offset=<absolute byte to flip, default middle of the bytes sent>
         It applies to the next `times` requests for `name` (-1: forever); faults armed for the same
         name queue up and apply in order.

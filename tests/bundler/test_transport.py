@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import email.utils
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from subprocess import PIPE
 from typing import Any, Iterator, List, Optional, Tuple
 
 import pytest
@@ -17,14 +23,16 @@ from click.testing import CliRunner
 from k3bundle.bundler.build_cli import build_command
 from k3bundle.bundler.build_events import LogFetchEvents
 from k3bundle.bundler.cache import Cache
-from k3bundle.bundler.fetch import Download, FetchEvents, retry_after
+from k3bundle.bundler.fetch import Download, FetchEvents
 from k3bundle.bundler.reference import parse_reference
 from k3bundle.bundler.registry import RegistryClient
+from k3bundle.bundler.transport import retry_after
 from tests.bundler.conftest import VERSION
 from tests.helpers import run_k3bundle
 from tests.oci_registry import LocalRegistry, PushedImages
 from tests.release_server import ReleaseServer
 
+IMAGES = "k3s-airgap-images-amd64.tar.zst"
 NO_CONFIG = Path("/nonexistent/k3b/config.json")
 
 
@@ -171,3 +179,43 @@ def test_retry_after_is_read_in_both_of_its_forms(
         response.headers["Retry-After"] = header
     now = email.utils.parsedate_to_datetime("Wed, 02 Dec 2026 00:00:00 GMT").timestamp()
     assert retry_after(response, lambda: now) == wait
+
+
+def _wait_for_request(server: ReleaseServer, name: str, limit: float = 20.0) -> None:
+    """Return once `server` was asked for `name`, and its first bytes had time to arrive."""
+    deadline = time.monotonic() + limit
+    while not server.hits_for(name):
+        assert time.monotonic() < deadline, f"nobody asked for {name}"
+        time.sleep(0.02)
+    time.sleep(0.5)
+
+
+def test_ctrl_c_stops_a_stalled_build_at_once_keeps_the_partial_and_the_rerun_resumes(
+    server: ReleaseServer, tmp_path: Path
+) -> None:
+    server.fault(IMAGES, "stall", seconds=60, after=20000)  # then silence, well within --timeout
+    args = [
+        "build", "--release-url", server.release_url, "--version", VERSION, "--arch", "amd64",
+        "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "dist"), "--timeout", "120",
+    ]  # fmt: skip
+    env = {**os.environ, "HOME": str(tmp_path)}
+    command = [sys.executable, "-m", "k3bundle.bundler", *args]
+    build = subprocess.Popen(command, env=env, stdout=PIPE, stderr=PIPE, text=True)
+    try:
+        _wait_for_request(server, IMAGES)
+        sent = time.monotonic()
+        build.send_signal(signal.SIGINT)
+        _, err = build.communicate(timeout=15)
+        took = time.monotonic() - sent
+    finally:
+        build.kill()
+    assert build.returncode == 130, err
+    assert took < 2.0
+    assert err.splitlines()[-1].startswith("Error: interrupted (Ctrl-C); partial downloads")
+    partials = list((tmp_path / "cache" / "partial").glob("*.part"))
+    assert [p.stat().st_size for p in partials] == [20000]  # kept, whole, for the next build
+    server.reset_hits()
+    again = run_k3bundle(*args, env={"HOME": str(tmp_path)})
+    assert again.returncode == 0, again.stderr
+    assert server.hits_for(IMAGES) == [("GET", "bytes=20000-")]
+    assert not partials[0].exists()
