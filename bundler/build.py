@@ -8,9 +8,9 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
-from k3bundle.installer.errors import FetchError
+from k3bundle.installer.errors import FetchError, IntegrityError
 from k3bundle.installer.hashing import sha256_file
 from k3bundle.installer.manifest import Entry, Manifest, check_arch
 from k3bundle.installer.parts import PARTS_SUFFIX
@@ -198,7 +198,10 @@ def _write(
     bar = progress or Progress()
     bar.start(f"Writing {target.name}", sum(e.size for e in manifest.entries))
     fresh = {e.path for e in manifest.entries if e.sha256 in fetcher.downloaded}
-    staged = stage_bundle(target, manifest, files, signer, settings.split, bar.advance, fresh)
+    try:
+        staged = stage_bundle(target, manifest, files, signer, settings.split, bar.advance, fresh)
+    except IntegrityError as exc:
+        raise _evicted(fetcher.cache, files.values(), exc) from None
     bar.finish()
     bundle = staged.output
     try:
@@ -213,6 +216,20 @@ def _write(
     sha256s = {**bundle.sha256s, INSTALLER_NAME: installer[1]}
     sha256s[SUMS_NAME] = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return bundle, sha256s
+
+
+def _evicted(cache: Cache, paths: Iterable[Path], error: IntegrityError) -> IntegrityError:
+    """`error`, and what was done about it: cache entries found rotted are evicted."""
+    rotted = cache.evict_rotted(paths)
+    if not rotted:
+        return error
+    named = str(rotted[0]) in error.message
+    first = error.message if named else f"the cache entry {rotted[0]} no longer matched its sha256"
+    more = f" (and {len(rotted) - 1} more)" if len(rotted) > 1 else ""
+    return IntegrityError(
+        f"{first}{more}: evicted from the cache, so the next build fetches it again",
+        "Run the build again; if this happens again, check the disk that holds the cache.",
+    )
 
 
 def _copy_installer(installer: Path, tmp: Path) -> None:

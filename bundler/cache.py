@@ -20,10 +20,11 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterable, Iterator, List, Optional
 from urllib.parse import quote
 
 from k3bundle.installer.errors import FetchError
+from k3bundle.installer.hashing import sha256_file
 
 from .limits import is_hex_key
 from .platform_dirs import user_cache_dir
@@ -66,6 +67,17 @@ class Cache:
         """The cached file for `sha256`, or None."""
         path = self.blob(sha256)
         return path if path.is_file() else None
+
+    def evict_rotted(self, paths: Iterable[Path]) -> List[Path]:
+        """Remove every entry among `paths` whose bytes no longer hash to its name (a disk
+        error, or something else wrote to it), so the next build fetches it again."""
+        rotted = []
+        for path in paths:
+            inside = path.parent == self.root / "sha256" and is_hex_key(path.name)
+            if inside and path.is_file() and sha256_file(path) != path.name:
+                path.unlink(missing_ok=True)
+                rotted.append(path)
+        return rotted
 
     def claim(self, sha256: str) -> threading.Lock:
         """The lock a thread holds while it fetches `sha256`, so a blob that two images share

@@ -8,6 +8,7 @@ are stored once, and manifests keep their registry bytes, so digests match the r
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from k3bundle.installer.errors import FetchError
+from k3bundle.installer.errors import FetchError, IntegrityError
 from k3bundle.installer.jsondoc import load_json
 
 from .cache import Cache
@@ -235,7 +236,7 @@ def write_archive(
             _add_dir(tar, "blobs")
             _add_dir(tar, "blobs/sha256")
             for digest, source in sorted(_unique_blobs(images, cache).items()):
-                _add_blob(tar, digest, source)
+                _add_blob(tar, digest, source, cache)
         if compress:
             sink.close()
     tmp.replace(target)
@@ -272,13 +273,33 @@ def _add_dir(tar: tarfile.TarFile, name: str) -> None:
     tar.addfile(_info(name, 0, 0o755, tarfile.DIRTYPE))
 
 
-def _add_blob(tar: tarfile.TarFile, digest: str, source: Any) -> None:
+def _add_blob(tar: tarfile.TarFile, digest: str, source: Any, cache: Cache) -> None:
     name = f"blobs/sha256/{digest.split(':', 1)[-1]}"
     if isinstance(source, bytes):
         _add_bytes(tar, name, source)
         return
     with open(source, "rb") as handle:
-        tar.addfile(_info(name, source.stat().st_size), handle)
+        reader = _HashingReader(handle)  # a cached blob may have rotted since it was verified
+        tar.addfile(_info(name, source.stat().st_size), reader)
+    if reader.digest.hexdigest() != source.name and cache.evict_rotted([source]):
+        raise IntegrityError(
+            f"the cache entry {source} (blob {digest}) no longer matched its sha256: evicted "
+            "from the cache, so the next build fetches it again",
+            "Run the build again; if this happens again, check the disk that holds the cache.",
+        )
+
+
+class _HashingReader:
+    """A file whose bytes are hashed as tarfile reads them."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle, self.digest = handle, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        """Read and hash."""
+        data = self.handle.read(size)
+        self.digest.update(data)
+        return data
 
 
 def _zstd_writer(raw: IO[bytes]) -> IO[bytes]:

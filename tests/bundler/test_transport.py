@@ -4,6 +4,7 @@ Ctrl-C, rotted cache entries and a full disk, against real local servers."""
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import json
 import os
 import signal
@@ -27,10 +28,11 @@ from k3bundle.bundler.fetch import Download, FetchEvents
 from k3bundle.bundler.reference import parse_reference
 from k3bundle.bundler.registry import RegistryClient
 from k3bundle.bundler.transport import retry_after
-from tests.bundler.conftest import VERSION
+from k3bundle.installer.errors import IntegrityError
+from tests.bundler.conftest import VERSION, BuildRun
 from tests.helpers import run_k3bundle
 from tests.oci_registry import LocalRegistry, PushedImages
-from tests.release_server import ReleaseServer
+from tests.release_server import ReleaseServer, binary_content
 
 IMAGES = "k3s-airgap-images-amd64.tar.zst"
 NO_CONFIG = Path("/nonexistent/k3b/config.json")
@@ -219,3 +221,50 @@ def test_ctrl_c_stops_a_stalled_build_at_once_keeps_the_partial_and_the_rerun_re
     assert again.returncode == 0, again.stderr
     assert server.hits_for(IMAGES) == [("GET", "bytes=20000-")]
     assert not partials[0].exists()
+
+
+def _rot(path: Path) -> None:
+    """Flip one byte in the middle of `path`, as a failing disk might."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_rotted_release_file_is_evicted_and_the_next_build_fetches_it_again(
+    run_build: BuildRun, server: ReleaseServer, tmp_path: Path
+) -> None:
+    args = ("--version", VERSION, "--arch", "amd64")
+    code, output = run_build(*args, "-o", str(tmp_path / "first"))
+    assert code == 0, output
+    sha256 = hashlib.sha256(binary_content(VERSION, "amd64")).hexdigest()
+    binary = tmp_path / "cache" / "sha256" / sha256
+    _rot(binary)
+    code, output = run_build(*args, "-o", str(tmp_path / "second"))
+    assert code == 4, output
+    assert f"{binary} changed since it was verified" in output
+    assert "evicted from the cache, so the next build fetches it again" in output
+    assert not binary.exists()
+    server.reset_hits()
+    code, output = run_build(*args, "-o", str(tmp_path / "second"))
+    assert code == 0, output
+    assert [method for method, _ in server.hits_for("k3s")] == ["GET"]
+    assert hashlib.sha256(binary.read_bytes()).hexdigest() == sha256
+
+
+def test_a_rotted_image_blob_is_evicted_and_pulled_again(
+    server: ReleaseServer, registry: LocalRegistry, pushed_images: PushedImages, tmp_path: Path
+) -> None:
+    image = ("--image", pushed_images.single, "--insecure-registry", registry.host)
+    first = _cli_build(server, tmp_path, "-o", str(tmp_path / "first"), *image)
+    assert first.exit_code == 0, first.output
+    client = RegistryClient(insecure=[registry.host], docker_config=NO_CONFIG)
+    digest, _ = blob_sizes(client, pushed_images.single)[-1]  # a layer
+    blob = tmp_path / "cache" / "sha256" / digest[7:]
+    _rot(blob)
+    second = _cli_build(server, tmp_path, "-o", str(tmp_path / "second"), *image)
+    assert isinstance(second.exception, IntegrityError)
+    assert f"the cache entry {blob} (blob {digest}) no longer matched" in second.exception.message
+    assert "evicted" in second.exception.message and not blob.exists()
+    third = _cli_build(server, tmp_path, "-o", str(tmp_path / "second"), *image)
+    assert third.exit_code == 0, third.output
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == digest[7:]
