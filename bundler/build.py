@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
-from k3bundle.installer.errors import FetchError, IntegrityError
+from k3bundle.installer.errors import FetchError, IntegrityError, build_error
 from k3bundle.installer.hashing import sha256_file
 from k3bundle.installer.manifest import Entry, Manifest, check_arch
 from k3bundle.installer.parts import PARTS_SUFFIX
@@ -23,6 +23,7 @@ from .extras import RegistryOptions, collect, parse_images
 from .fetch import Download, Fetcher, FetchEvents, FetchSettings, NotFoundError
 from .keys import Prompt, Signer, load_signer
 from .reference import Reference
+from .transport import DISK_ERRORS
 from .writer import BundleOutput, source_date_epoch, stage_bundle, writer_code_sha256
 from .zipapp import write_zipapp
 
@@ -202,6 +203,10 @@ def _write(
         staged = stage_bundle(target, manifest, files, signer, settings.split, bar.advance, fresh)
     except IntegrityError as exc:
         raise _evicted(fetcher.cache, files.values(), exc) from None
+    except OSError as exc:
+        if exc.filename is not None or exc.errno not in DISK_ERRORS:
+            raise
+        raise build_error(exc, "write", target) from None  # name the file the disk refused
     bar.finish()
     bundle = staged.output
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import errno
 import hashlib
 import queue
 import socket
@@ -22,11 +23,12 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Type
 
 import requests
 
-from k3bundle.installer.errors import K3BundleError
+from k3bundle.installer.errors import K3BundleError, build_error
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 GRACE = 1.0  # seconds the main thread waits for workers after Ctrl-C
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG)
 CHUNK = 4 << 20  # at most this much per read; a read returns whatever has arrived
 
 
@@ -179,17 +181,33 @@ def stream_body(
     # cancel is seen at once, and a cut connection loses no byte that already came.
     read = getattr(response.raw, "read1", response.raw.read)  # urllib3 1.26 has no read1
     written = offset
-    with open(partial, "r+b" if offset else "wb") as out:
-        out.seek(offset)
-        out.truncate()
-        while written <= limit:
-            cancel.check()
-            data = read(min(CHUNK, limit - written + 1))
-            if not data:
-                break
-            out.write(data)
-            digest.update(data)
-            written += len(data)
-            received(len(data))
+    try:
+        with open(partial, "r+b" if offset else "wb") as out:
+            out.seek(offset)
+            out.truncate()
+            while written <= limit:
+                cancel.check()
+                data = read(min(CHUNK, limit - written + 1))
+                if not data:
+                    break
+                out.write(data)
+                digest.update(data)
+                written += len(data)
+                received(len(data))
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:  # a network error (the caller retries it)
+            raise
+        raise _write_error(exc, partial) from None
     cancel.check()  # a socket shut down by Ctrl-C ends the body early: keep the partial
     return written
+
+
+def _write_error(exc: OSError, partial: Path) -> K3BundleError:
+    """The disk failed the partial file: name it; when the disk is full, remove it.
+
+    A partial that filled the disk would block every other write (and the next build's
+    resume would only fill it again): it goes, and the next build starts that file over.
+    """
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        partial.unlink(missing_ok=True)
+    return build_error(exc, "write", partial)

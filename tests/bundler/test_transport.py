@@ -268,3 +268,39 @@ def test_a_rotted_image_blob_is_evicted_and_pulled_again(
     third = _cli_build(server, tmp_path, "-o", str(tmp_path / "second"), *image)
     assert third.exit_code == 0, third.output
     assert hashlib.sha256(blob.read_bytes()).hexdigest() == digest[7:]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 32 KiB tmpfs (smaller than the airgap images), unmounted afterwards; root only."""
+    point = tmp_path / "small"
+    point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(point)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield point
+    subprocess.run(["umount", str(point)], capture_output=True, check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: mounts a tmpfs")
+@pytest.mark.parametrize("full", ["cache", "output"])
+def test_a_full_disk_names_the_file_says_free_some_space_and_leaves_no_partial(
+    server: ReleaseServer, small_disk: Path, tmp_path: Path, full: str
+) -> None:
+    cache = small_disk if full == "cache" else tmp_path / "cache"
+    dist = small_disk if full == "output" else tmp_path / "dist"
+    result = run_k3bundle(
+        "build", "--release-url", server.release_url, "--version", VERSION, "--arch", "amd64",
+        "--cache-dir", str(cache), "-o", str(dist), "-q", env={"HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 7, result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    where = f"{small_disk}/partial/" if full == "cache" else f"{dist}/k3s-"
+    assert error[0].startswith(f"Error: cannot write {where}"), result.stderr
+    assert error[0].endswith(": No space left on device")
+    assert "free some space" in result.stderr
+    assert "Traceback" not in result.stderr
+    left = [p for p in small_disk.rglob("*") if p.is_file() and p.stat().st_size > 16 << 10]
+    assert left == []  # nothing keeps the disk full
