@@ -239,6 +239,7 @@ def settings_from(
         jobs=flags["jobs"],
         offline=flags["offline"],
         ca_file=str(flags["ca_file"]) if flags.get("ca_file") else None,
+        jitter=0.5,  # parallel workers that failed together come back at different times
     )
     return BuildSettings(
         arches=tuple(dict.fromkeys(arches)),

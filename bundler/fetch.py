@@ -12,10 +12,9 @@ import hashlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterator, Optional, Sequence, Set
 
 import requests
-import urllib3
 
 from k3bundle.installer.errors import FetchError, IntegrityError
 
@@ -24,41 +23,28 @@ from .limits import (
     MAX_RELEASE_FILE,
     MAX_TEXT,
     REDIRECT_ERRORS,
-    SafeSession,
     read_bounded,
     redirect_error,
     too_large,
 )
-from .transport import Cancel, Tally, retry_after, run_parallel, stream_body
-
-CHUNK = 1 << 20
-USER_AGENT = "k3bundle/0.1 (air-gap bundler for k3s)"
-RETRY_STATUS = {429, 500, 502, 503, 504}
-TRANSIENT = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    urllib3.exceptions.HTTPError,  # raised by response.raw mid-body: dropped, timed out, short
+from .transport import (
+    RETRY_STATUS,
+    TRANSIENT,
+    USER_AGENT,
+    Cancel,
+    FetchSettings,
+    Tally,
+    make_session,
+    retry_after,
+    retry_delay,
+    run_parallel,
+    stream_body,
 )
 
+__all__ = ["USER_AGENT", "FetchSettings", "make_session"]  # their home is bundler/transport.py
 
-@dataclass(frozen=True)
-class FetchSettings:
-    """Network limits: connect/read timeouts, retry count and backoff, parallel jobs."""
-
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    retries: int = 5
-    backoff: float = 0.5
-    max_backoff: float = 30.0
-    jobs: int = 4
-    offline: bool = False
-    ca_file: Optional[str] = None  # CA bundle for https (--ca-file); None: requests' default
-
-    @property
-    def timeout(self) -> Tuple[float, float]:
-        """The (connect, read) timeout pair requests takes."""
-        return (self.connect_timeout, self.read_timeout)
+CHUNK = 1 << 20
+DEFAULT_SETTINGS = FetchSettings()
 
 
 @dataclass(frozen=True)
@@ -94,16 +80,6 @@ class FetchEvents:
         self.retrying(download, reason, delay)
 
 
-def make_session() -> requests.Session:
-    """The one requests session: a User-Agent, checked redirects; retries and timeouts are
-    handled per request."""
-    session = SafeSession()
-    session.headers["User-Agent"] = USER_AGENT
-    # Release files are already compressed; identity keeps Range offsets meaningful.
-    session.headers["Accept-Encoding"] = "identity"
-    return session
-
-
 class NotFoundError(FetchError):
     """The server says the file does not exist (HTTP 404)."""
 
@@ -120,7 +96,7 @@ class Fetcher:
     def __init__(
         self,
         cache: Cache,
-        settings: FetchSettings = FetchSettings(),
+        settings: FetchSettings = DEFAULT_SETTINGS,
         events: Optional[FetchEvents] = None,
         session_factory: Callable[[], requests.Session] = make_session,
         sleep: Optional[Callable[[float], None]] = None,
@@ -221,8 +197,7 @@ class Fetcher:
                 "Check the network or the mirror, then build again: finished files are cached "
                 "and an interrupted one resumes where it stopped.",
             )
-        delay = retry.delay if retry.delay is not None else self.settings.backoff * 2**attempt
-        delay = min(delay, self.settings.max_backoff)
+        delay = retry_delay(self.settings, attempt, retry.delay)
         about = download or Download(url, "", url.rsplit("/", 1)[-1])
         self.events.retried(about, attempt + 1, retry.reason, delay)
         self._sleep(delay)

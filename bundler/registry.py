@@ -29,8 +29,6 @@ from k3bundle.installer.jsondoc import load_json
 from .cache import Cache
 from .credentials import Credentials, LoginStore, auth_files, registry_host
 from .fetch import (
-    RETRY_STATUS,
-    TRANSIENT,
     Download,
     FetchEvents,
     FetchSettings,
@@ -47,8 +45,17 @@ from .limits import (
 )
 from .mirrors import mirror_error, wire_reference
 from .reference import Reference
-from .tokens import BoundedSession, ScopedTokenAuth, TokenDenied, fetch_token, tls_error
-from .transport import Cancel, Tally, retry_after, stream_body
+from .tokens import ScopedTokenAuth, TokenDenied, fetch_token, tls_error
+from .transport import (
+    RETRY_STATUS,
+    TRANSIENT,
+    BoundedSession,
+    Cancel,
+    Tally,
+    retry_after,
+    retry_delay,
+    stream_body,
+)
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -271,8 +278,7 @@ class RegistryClient:
                     f"Check the network and the registry address {ref.endpoint}, then build "
                     "again: finished blobs are cached and an interrupted one resumes.",
                 )
-            delay = self.settings.backoff * 2**attempt if delay is None else delay
-            delay = min(delay, self.settings.max_backoff)
+            delay = retry_delay(self.settings, attempt, delay)
             about = Download(url, "", ref.name)
             self.events.retried(about, attempt + 1, reason, delay)
             self._sleep(delay)

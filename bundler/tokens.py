@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
-from http.cookiejar import DefaultCookiePolicy
-from typing import Any, Callable, Collection, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Collection, Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
 import oras.auth  # type: ignore[import-untyped]
@@ -21,8 +20,7 @@ from k3bundle.installer.errors import FetchError
 from k3bundle.installer.jsondoc import load_json
 
 from .credentials import TOKEN_USER
-from .fetch import USER_AGENT
-from .limits import MAX_TOKEN, SafeSession, read_bounded
+from .limits import MAX_TOKEN, read_bounded
 
 Credentials = Tuple[str, str]
 _PARAM = re.compile(r'([A-Za-z]+)="([^"]*)"')
@@ -35,29 +33,6 @@ TLS_HINT = (
     "If {host} has a certificate from a private or corporate CA, pass --ca-file CA.pem (or set "
     "SSL_CERT_FILE, or registries.{host}.ca_file in the site config); check it names {host}."
 )
-
-
-class BoundedSession(SafeSession):
-    """A session whose every request has our timeouts and whose redirects are checked."""
-
-    def __init__(
-        self,
-        timeout: Tuple[float, float],
-        insecure: Collection[str] = (),
-        verify: Union[bool, str] = True,
-    ) -> None:
-        super().__init__(insecure)
-        self.timeout, self.verify = timeout, verify
-        self.headers["User-Agent"] = USER_AGENT
-        self.headers["Accept-Encoding"] = "identity"  # blobs are compressed; keep offsets true
-        self.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-
-    def request(
-        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
-    ) -> requests.Response:
-        """requests.Session.request with a default timeout."""
-        kwargs.setdefault("timeout", self.timeout)
-        return super().request(method, url, *args, **kwargs)
 
 
 class ScopedTokenAuth(oras.auth.TokenAuth):  # type: ignore[misc]

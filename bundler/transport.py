@@ -1,5 +1,6 @@
-"""What release downloads and registry pulls share: the byte tally, Retry-After, cancellation
-and the worker threads.
+"""HTTP for release files, registries and chart repositories: settings, the one session class,
+retry delays (backoff with jitter, Retry-After in both forms), the byte tally, the streaming
+loop into a partial file, cancellation and the worker threads.
 
 Ctrl-C reaches the main thread only. It sets the build's Cancel, which every streaming loop
 checks between chunks and which shuts down the sockets of the transfers in flight, so a worker
@@ -15,21 +16,112 @@ import email.utils
 import errno
 import hashlib
 import queue
+import random
 import socket
 import threading
 import time
+from dataclasses import dataclass
+from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, TypeVar
+from typing import (
+    Any,
+    Callable,
+    Collection,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 import requests
+import urllib3
 
 from k3bundle.installer.errors import K3BundleError, build_error
 
+from .limits import SafeSession
+
+USER_AGENT = "k3bundle/0.1 (air-gap bundler for k3s)"
+RETRY_STATUS = {429, 500, 502, 503, 504}
+TRANSIENT = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    urllib3.exceptions.HTTPError,  # raised by response.raw mid-body: dropped, timed out, short
+)
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 GRACE = 1.0  # seconds the main thread waits for workers after Ctrl-C
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG)
 CHUNK = 4 << 20  # at most this much per read; a read returns whatever has arrived
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """Network limits: connect/read timeouts, retry count and backoff, parallel jobs."""
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    retries: int = 5
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    jobs: int = 4
+    offline: bool = False
+    ca_file: Optional[str] = None  # CA bundle for https (--ca-file); None: requests' default
+    jitter: float = 0.0  # share of each backoff taken off at random (the CLI sets 0.5)
+
+    @property
+    def timeout(self) -> Tuple[float, float]:
+        """The (connect, read) timeout pair requests takes."""
+        return (self.connect_timeout, self.read_timeout)
+
+
+class BoundedSession(SafeSession):
+    """The one session class: our timeouts on every request, checked redirects, a User-Agent,
+    no cookies, identity encoding (payloads are compressed; Range offsets stay true)."""
+
+    def __init__(
+        self,
+        timeout: Tuple[float, float],
+        insecure: Collection[str] = (),
+        verify: Union[bool, str] = True,
+    ) -> None:
+        super().__init__(insecure)
+        self.timeout, self.verify = timeout, verify
+        self.headers["User-Agent"] = USER_AGENT
+        self.headers["Accept-Encoding"] = "identity"
+        self.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+
+    def request(
+        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        """requests.Session.request with a default timeout."""
+        kwargs.setdefault("timeout", self.timeout)
+        return super().request(method, url, *args, **kwargs)
+
+
+def make_session() -> requests.Session:
+    """A session for release files and chart repositories (the Fetcher makes one per thread)."""
+    return BoundedSession(FetchSettings().timeout)
+
+
+def retry_delay(
+    settings: FetchSettings,
+    attempt: int,
+    asked: Optional[float],
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """The wait before retrying after failed attempt `attempt` (0-based): the server's
+    Retry-After when it sent one, else exponential backoff less a random share, so workers
+    that failed together do not all come back at the same instant; at most max_backoff."""
+    if asked is not None:
+        return min(asked, settings.max_backoff)
+    nominal = min(settings.backoff * 2.0**attempt, settings.max_backoff)
+    return nominal * (1 - settings.jitter * rand())
 
 
 class Interrupted(K3BundleError):

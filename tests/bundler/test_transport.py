@@ -27,7 +27,14 @@ from k3bundle.bundler.cache import Cache
 from k3bundle.bundler.fetch import Download, FetchEvents
 from k3bundle.bundler.reference import parse_reference
 from k3bundle.bundler.registry import RegistryClient
-from k3bundle.bundler.transport import retry_after
+from k3bundle.bundler.transport import (
+    USER_AGENT,
+    BoundedSession,
+    FetchSettings,
+    make_session,
+    retry_after,
+    retry_delay,
+)
 from k3bundle.installer.errors import IntegrityError
 from tests.bundler.conftest import VERSION, BuildRun
 from tests.helpers import run_k3bundle
@@ -304,3 +311,20 @@ def test_a_full_disk_names_the_file_says_free_some_space_and_leaves_no_partial(
     assert "Traceback" not in result.stderr
     left = [p for p in small_disk.rglob("*") if p.is_file() and p.stat().st_size > 16 << 10]
     assert left == []  # nothing keeps the disk full
+
+
+def test_retry_delay_is_backoff_less_a_random_share_or_what_the_server_asked() -> None:
+    settings = FetchSettings(backoff=1.0, max_backoff=30.0, jitter=0.5)
+    assert retry_delay(settings, 2, None, lambda: 0.0) == 4.0
+    assert retry_delay(settings, 2, None, lambda: 1.0) == 2.0  # never below half the backoff
+    assert retry_delay(settings, 10, None, lambda: 0.0) == 30.0  # capped
+    assert retry_delay(settings, 0, 7.0, lambda: 1.0) == 7.0  # Retry-After, untouched
+    assert retry_delay(settings, 0, 3600.0, lambda: 1.0) == 30.0
+    assert {retry_delay(settings, 3, None) for _ in range(20)} != {8.0}  # spread at random
+
+
+def test_release_files_and_registries_share_one_session_class() -> None:
+    session = make_session()
+    assert isinstance(session, BoundedSession)
+    assert session.headers["User-Agent"] == USER_AGENT
+    assert session.headers["Accept-Encoding"] == "identity"
