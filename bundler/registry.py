@@ -10,50 +10,33 @@ against their digest, and blobs are streamed into the Cache and admitted only wh
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import logging
 import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Collection, Dict, Mapping, Optional, Tuple, TypeVar, Union
+from typing import Callable, Optional, Tuple
 
-import oras.auth  # type: ignore[import-untyped]
-import oras.provider  # type: ignore[import-untyped]
 import requests
 
 from k3bundle.installer.errors import FetchError, IntegrityError, K3BundleError
 from k3bundle.installer.jsondoc import load_json
 
 from .cache import Cache
-from .credentials import Credentials, LoginStore, auth_files, registry_host
 from .fetch import (
     Download,
-    FetchEvents,
-    FetchSettings,
     NotFoundError,
     hash_prefix,
 )
 from .limits import (
     MAX_MANIFEST,
-    REDIRECT_ERRORS,
     check_digest,
     read_bounded,
-    redirect_error,
     too_large,
 )
 from .mirrors import mirror_error, wire_reference
 from .reference import Reference
-from .tokens import ScopedTokenAuth, TokenDenied, fetch_token, tls_error
+from .registry_session import RegistrySession, RetryLater, T
 from .transport import (
-    RETRY_STATUS,
-    TRANSIENT,
-    BoundedSession,
-    Cancel,
-    Tally,
-    retry_after,
-    retry_delay,
     stream_body,
 )
 
@@ -62,13 +45,7 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
-AUTH_HINT = (
-    "Pass --registry-auth {host}=USER:PASSWORD (or log in with 'docker login {host}'), "
-    "and check the image name: registries answer 'unauthorized' for names that do not exist."
-)
-_T = TypeVar("_T")
 _TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)  # a tag (bundler/reference.py)
-DEFAULT_SETTINGS = FetchSettings()
 
 
 @dataclass(frozen=True)
@@ -80,52 +57,8 @@ class Fetched:
     data: bytes
 
 
-class _Oras(oras.provider.Registry):  # type: ignore[misc]
-    """oras' Registry without its retry decorator (sleeps of 3..83 s, 131 s in all)."""
-
-    do_request = oras.provider.Registry.do_request.__wrapped__
-
-
-class _Retry(Exception):
-    def __init__(self, reason: str, delay: Optional[float] = None) -> None:
-        super().__init__(reason)
-        self.reason, self.delay = reason, delay
-
-
-class RegistryClient:
+class RegistryClient(RegistrySession):
     """Manifests (raw, verified) and blobs (streamed into the Cache, verified) from registries."""
-
-    def __init__(
-        self,
-        settings: FetchSettings = DEFAULT_SETTINGS,
-        insecure: Collection[str] = (),
-        auth: Mapping[str, Credentials] = {},
-        docker_config: Optional[Path] = None,
-        sleep: Optional[Callable[[float], None]] = None,
-        mirrors: Mapping[str, str] = {},
-        ca_files: Mapping[str, str] = {},
-        events: Optional[FetchEvents] = None,
-        tally: Optional[Tally] = None,
-        cancel: Optional[Cancel] = None,
-    ) -> None:
-        logging.getLogger("oras.logger").setLevel(logging.CRITICAL)  # errors are ours to report
-        self.settings = settings
-        self.cancel = cancel or Cancel()
-        self._sleep = sleep or self.cancel.sleep  # a backoff ends at once on Ctrl-C
-        self._insecure = {registry_host(host) for host in insecure}
-        self._auth = {registry_host(host): creds for host, creds in auth.items()}
-        self._mirrors = {registry_host(host): to for host, to in mirrors.items()}
-        self._ca_files = {registry_host(host): path for host, path in ca_files.items()}
-        self._logins = LoginStore([docker_config] if docker_config else auth_files())
-        self._challenges: Dict[str, str] = {}
-        self._local = threading.local()
-        self.events = events or FetchEvents()
-        self.tally = tally or Tally()  # the build's Fetcher shares its own: one byte count
-
-    @property
-    def transferred(self) -> int:
-        """Bytes received so far (by every client sharing this client's tally)."""
-        return self.tally.total
 
     # --- public API -------------------------------------------------------------------------
 
@@ -165,7 +98,7 @@ class RegistryClient:
                 ),
             )
 
-    def _mirrored(self, ref: Reference, call: Callable[[Reference], _T]) -> _T:
+    def _mirrored(self, ref: Reference, call: Callable[[Reference], T]) -> T:
         """`call` with the reference on the wire; a mirror's failure names the original too."""
         wire = wire_reference(ref, self._mirrors)
         if wire is ref:
@@ -218,7 +151,7 @@ class RegistryClient:
                 )
             if response.status_code == 416:
                 partial.unlink()
-                raise _Retry("the registry refused to resume (HTTP 416); starting over", 0)
+                raise RetryLater("the registry refused to resume (HTTP 416); starting over", 0)
             self._check_status(ref, response)
             offset = have if have and response.status_code == 206 else 0
             length = response.headers.get("Content-Length", "")
@@ -255,152 +188,6 @@ class RegistryClient:
         # one byte past the declared size is enough to refuse
         written = stream_body(response, partial, offset, size, digest, self.cancel, received)
         return digest.hexdigest(), written
-
-    # --- requests, auth, retries --------------------------------------------------------------
-
-    def _with_retries(self, ref: Reference, once: Callable[[], _T], url: str) -> _T:
-        for attempt in range(self.settings.retries + 1):
-            self.cancel.check()
-            try:
-                return once()
-            except _Retry as retry:
-                reason, delay = retry.reason, retry.delay
-            except REDIRECT_ERRORS as exc:  # InvalidURL is a ValueError: before oras' ValueError
-                raise redirect_error(ref.endpoint, exc) from None
-            except requests.exceptions.SSLError as exc:  # a ConnectionError, but not transient
-                raise tls_error(exc, ref.endpoint, ref.name, ref.registry) from None
-            except TRANSIENT as exc:  # also raised mid-body, while a blob streams
-                reason, delay = f"{type(exc).__name__}: {exc}", None
-            self.cancel.check()  # a transfer cut short by Ctrl-C is not retried
-            if attempt >= self.settings.retries:
-                raise FetchError(
-                    f"giving up on {ref.name} after {attempt + 1} attempts: {reason}",
-                    f"Check the network and the registry address {ref.endpoint}, then build "
-                    "again: finished blobs are cached and an interrupted one resumes.",
-                )
-            delay = retry_delay(self.settings, attempt, delay)
-            about = Download(url, "", ref.name)
-            self.events.retried(about, attempt + 1, reason, delay)
-            self._sleep(delay)
-        raise AssertionError("unreachable")
-
-    def _request(self, ref: Reference, url: str, headers: Dict[str, str]) -> requests.Response:
-        """One GET through oras (which answers a 401 challenge once), bearer token per repo."""
-        client, tokens = self._client(ref)
-        key = f"{ref.endpoint}/{ref.repository}"
-        bearer = isinstance(client.auth, ScopedTokenAuth)
-        if bearer:
-            client.auth.token = tokens.get(key)
-        elif isinstance(client.auth, oras.auth.BasicAuth):
-            headers.update(client.auth.get_auth_header())  # spare the 401 round trip
-        try:
-            response: requests.Response = client.do_request(
-                url, "GET", headers=headers, stream=True
-            )
-        except REDIRECT_ERRORS as exc:
-            raise redirect_error(url, exc) from None
-        except TokenDenied as exc:
-            raise self._denied(ref, exc.message) from None
-        except ValueError:  # oras: a 401 without a challenge to answer
-            raise self._denied(ref, "the registry sent no challenge to answer") from None
-        if bearer:
-            tokens[key] = client.auth.token
-        return response
-
-    def _client(self, ref: Reference) -> Tuple[_Oras, Dict[str, Optional[str]]]:
-        # requests sessions and oras' token state are not thread-safe: one set per thread.
-        if not hasattr(self._local, "clients"):
-            self._local.clients, self._local.tokens = {}, {}
-        clients: Dict[str, _Oras] = self._local.clients
-        if ref.endpoint not in clients:
-            clients[ref.endpoint] = self._new_client(ref)
-        return clients[ref.endpoint], self._local.tokens
-
-    def _new_client(self, ref: Reference) -> _Oras:
-        scheme = self._challenge(ref)
-        credentials = self._credentials(ref)
-        if scheme == "basic" and credentials is None:
-            raise self._denied(ref, "the registry wants a user name and password")
-        backend = "basic" if scheme == "basic" else "k3b-scoped-token"
-        verify = self._verify(ref)  # oras passes it on every request: it must be ours
-        client = _Oras(
-            ref.endpoint, insecure=self._is_insecure(ref), tls_verify=verify, auth_backend=backend
-        )
-        session = BoundedSession(self.settings.timeout, self._insecure, verify)
-        client.session = client.auth.session = session
-        if backend == "basic" and credentials is not None:
-            client.auth.set_basic_auth(*credentials)  # sent to this registry's host only
-        if backend != "basic":
-            base = self._url(ref, "")
-            client.auth.fetch = functools.partial(
-                fetch_token,
-                session,
-                registry_url=base,
-                credentials=credentials,
-                insecure=self._insecure,
-            )
-        return client
-
-    def _challenge(self, ref: Reference) -> str:
-        """The auth scheme /v2/ asks for ("none", "basic" or "bearer"), once per endpoint."""
-        if ref.endpoint not in self._challenges:
-            probe = f"{'http' if self._is_insecure(ref) else 'https'}://{ref.endpoint}/v2/"
-            self._challenges[ref.endpoint] = self._with_retries(
-                ref, lambda: self._probe(ref), probe
-            )
-        return self._challenges[ref.endpoint]
-
-    def _probe(self, ref: Reference) -> str:
-        scheme = "http" if self._is_insecure(ref) else "https"
-        session = BoundedSession(self.settings.timeout, self._insecure, self._verify(ref))
-        with session, session.get(f"{scheme}://{ref.endpoint}/v2/", stream=True) as response:
-            status, challenge = response.status_code, response.headers.get("Www-Authenticate")
-            after = retry_after(response)
-        if status in RETRY_STATUS:
-            raise _Retry(f"HTTP {status} from {ref.endpoint}/v2/", after)
-        if status == 401 and challenge:
-            return challenge.split(" ", 1)[0].lower()
-        if status < 400:
-            return "none"
-        raise FetchError(
-            f"{ref.endpoint} is not an OCI registry (HTTP {status} on /v2/) for {ref.name}",
-            "Check the registry host in the image name.",
-        )
-
-    def _check_status(self, ref: Reference, response: requests.Response) -> None:
-        status = response.status_code
-        if status in RETRY_STATUS:
-            raise _Retry(f"HTTP {status}", retry_after(response))
-        if status in (401, 403):
-            raise self._denied(ref, f"HTTP {status}")
-        if status >= 400:
-            raise FetchError(
-                f"{ref.endpoint} answered HTTP {status} for {ref.name}",
-                "Check the image name and your access to the registry.",
-            )
-
-    def _denied(self, ref: Reference, why: str) -> FetchError:
-        found = "with the credentials found" if self._credentials(ref) else "without credentials"
-        return FetchError(
-            f"access denied to {ref.name} {found} ({why})", AUTH_HINT.format(host=ref.registry)
-        )
-
-    def _credentials(self, ref: Reference) -> Optional[Credentials]:
-        host = registry_host(ref.registry)
-        if host in self._auth:
-            return self._auth[host]
-        return self._logins.lookup(host)
-
-    def _verify(self, ref: Reference) -> Union[bool, str]:
-        """requests' verify: the host's own CA file, else --ca-file, else the default bundle."""
-        return self._ca_files.get(registry_host(ref.registry)) or self.settings.ca_file or True
-
-    def _is_insecure(self, ref: Reference) -> bool:
-        return registry_host(ref.registry) in self._insecure
-
-    def _url(self, ref: Reference, path: str) -> str:
-        scheme = "http" if self._is_insecure(ref) else "https"
-        return f"{scheme}://{ref.endpoint}/v2/{ref.repository}/{path}"
 
 
 def _media_type(url: str, data: bytes, content_type: str) -> str:
