@@ -91,7 +91,7 @@ SITE_CONFIG = "k3bundle.site_config"
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Download cache [default: ~/.cache/k3bundle].",
+    help="Download cache [default: where the OS keeps caches, ~/.cache/k3bundle on Linux].",
 )
 @click.option(
     "--jobs", type=click.IntRange(1, 32), default=4, show_default=True, help="Parallel downloads."
