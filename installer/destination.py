@@ -36,7 +36,7 @@ from .hashing import Segment, sha256_file
 from .jsondoc import load_json
 from .layout import LINKED_COMMANDS, RECORD_PATH, staged_name
 from .plan import Link, Placement
-from .record import MAX_RECORD_BYTES, Record, parse_record
+from .record import MAX_RECORD_BYTES, Record, RecordLink, parse_record
 from .rootfs import RootFS, is_dir_no_follow, make_folders, open_new, read_file, remove_file
 
 MAX_STATE_BYTES = 16 * 1024 * 1024  # env files and the --config copy k3bundle keeps
@@ -114,7 +114,7 @@ class HostDestination:
             return False
         return sha256_file(path) == sha256
 
-    def link_is_current(self, link: Link) -> bool:
+    def link_is_current(self, link: Union[Link, RecordLink]) -> bool:
         """True when the symlink already exists with the right target."""
         path = self.path(link.path)
         return path.is_symlink() and os.readlink(path) == link.target
@@ -135,10 +135,6 @@ class HostDestination:
                 folder = posixpath.dirname(folder)
             missing.extend(p for p in reversed(chain) if p not in missing)
         return missing
-
-    def missing_targets(self, targets: Iterable[str]) -> List[str]:
-        """The folders (as target paths) these targets would create."""
-        return self.missing_dirs(targets)
 
     def check_placeable(self, targets: Iterable[str]) -> None:
         """Refuse before any change when a folder (not a link) sits where a file or link goes."""

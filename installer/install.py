@@ -191,7 +191,7 @@ def _plan(
     commands = dest.existing_commands()
 
     def missing(targets: Sequence[str]) -> List[str]:
-        return [*made_for_lock, *dest.missing_targets(targets)]
+        return [*made_for_lock, *dest.missing_dirs(targets)]
 
     plan = plan_install(
         auth.manifest,

@@ -282,7 +282,7 @@ def _uninstall(
     files = _removable(dest, placed, force, report) + [
         p for p in record.ensured if os.path.lexists(dest.path(p))
     ]
-    links = [x.path for x in record.links if force or _link_as_made(dest, x)]
+    links = [x.path for x in record.links if force or dest.link_is_current(x)]
     removed = [*files, *links, RECORD_PATH]
     verb = "would remove " if dry_run else "removed "
     for path in removed:
@@ -303,11 +303,6 @@ def _uninstall(
     if purge:
         removed += _purge(dest, report, dry_run, record.data_dir)
     return removed
-
-
-def _link_as_made(dest: HostDestination, link: RecordLink) -> bool:
-    path = dest.path(link.path)
-    return path.is_symlink() and os.readlink(path) == link.target
 
 
 def _remove_empty_folders(dest: HostDestination, folders: List[str], report: Report) -> List[str]:

@@ -16,7 +16,6 @@ have written for its plan before a single one is acted on.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -32,9 +31,9 @@ from .layout import (
     PREVIOUS_DIR,
     STATE_DIR,
     incoming_copy,
-    kept_copy,
     staged_name,
 )
+from .manifest import canonical_json
 from .rootfs import RootFS, make_folders, open_new, read_file, remove_file
 
 MAX_JOURNAL_BYTES = 64 * 1024 * 1024
@@ -98,13 +97,11 @@ class Journal:
 
     def _write(self, doc: Dict[str, Any]) -> None:
         self._make_folder()
-        data = (_canonical({"format": JOURNAL_FORMAT, **doc}) + "\n").encode("utf-8")
-        fd = open_new(self._tmp, 0o600)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        data = canonical_json({"format": JOURNAL_FORMAT, **doc}) + b"\n"
+        with os.fdopen(open_new(self._tmp, 0o600), "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(self._tmp, self.path)
         if self.durable:
             _fsync_dir(self.path.parent)
@@ -231,16 +228,6 @@ def _tuples(key: str, value: Any) -> Any:
     return value
 
 
-def _canonical(doc: Dict[str, Any]) -> str:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def _keep(current: Path, kept: Path) -> None:
     """Keep a file's current content at `kept`: a hard link when possible, else a copy."""
     tmp = kept.with_name(kept.name + ".tmp")
@@ -256,11 +243,6 @@ def _symlink(path: Path, tmp: Path, target: str) -> None:
     remove_file(tmp)
     os.symlink(target, tmp)
     os.replace(tmp, path)
-
-
-def previous_file(fs: RootFS, target: str) -> Path:
-    """Where the previous generation keeps its copy of `target`."""
-    return fs.host(kept_copy(target))
 
 
 def _fsync_dir(folder: Path) -> None:
