@@ -144,7 +144,8 @@ def make_folders(fs: RootFS, target: str, mode: Optional[int] = None) -> List[Pa
             path.mkdir(mode=path_mode)
         except OSError as exc:
             raise host_error(exc, "create", path) from None
-    fs.forget()
+    if missing:  # staging calls this once per file: keep the resolutions when nothing was made
+        fs.forget()
     return [path for path, _ in reversed(missing)]
 
 
