@@ -113,12 +113,13 @@ def _install(
     )
     with source:
         made_for_lock = list(lock.created) if lock is not None else []
-        plan, host = _plan(auth, options, dest, made_for_lock, report)
+        previous = dest.read_record()  # read and checked once; the commit replaces it
+        plan, host = _plan(auth, options, dest, previous, made_for_lock, report)
         dest.check_placeable([*plan_targets(plan), *(link.path for link in plan.links)])
         current = {p.target for p in plan.files if dest.is_current(p)}
         check_space(dest.fs, [p for p in plan.files if p.target not in current])
         outcome = Outcome(auth.manifest.k3s_version, plan.arch, plan.service)
-        change = _change(plan, current, dest)
+        change = _change(plan, current, dest, previous)
         if not options.dry_run and change.moves:  # nothing to stage: leave the state dir be
             dirs = [*made_for_lock, *dest.missing_dirs(plan_targets(plan))]
             journal.begin_staging([source_of for source_of, _ in change.moves], dirs)
@@ -129,7 +130,7 @@ def _install(
             journal.discard()
             raise
     _describe(plan, current, dest, options, outcome, report)
-    _describe_removals(change, dest, options, outcome, report)
+    _describe_removals(change, previous, options, outcome, report)
     if not options.dry_run:
         _commit(journal, change, dest, host)
     outcome.kubeconfig = _kubeconfig(host)
@@ -176,10 +177,10 @@ def _plan(
     auth: Authenticated,
     options: Options,
     dest: HostDestination,
+    previous: Optional[Record],
     made_for_lock: List[str],
     report: Report,
 ) -> Tuple[Plan, HostSettings]:
-    previous = dest.read_record()
     check_downgrade(previous, auth.manifest.k3s_version, options.allow_downgrade)
     check_foreign(dest.fs, previous, options.adopt)
     old_role = previous.role if previous is not None else "server"
@@ -206,9 +207,10 @@ def _plan(
     return plan, host
 
 
-def _change(plan: Plan, current: Set[str], dest: HostDestination) -> Change:
+def _change(
+    plan: Plan, current: Set[str], dest: HostDestination, previous: Optional[Record]
+) -> Change:
     """The commit: staged files to move, old files and links to remove, what to keep."""
-    previous = dest.read_record()
     targets = set(plan_targets(plan))
     moves = [(staged_name(p.target), p.target) for p in plan.files if p.target not in current]
     old_files = [f.path for f in previous.files] if previous is not None else []
@@ -307,11 +309,14 @@ def _describe(
 
 
 def _describe_removals(
-    change: Change, dest: HostDestination, options: Options, outcome: Outcome, report: Report
+    change: Change,
+    previous: Optional[Record],
+    options: Options,
+    outcome: Outcome,
+    report: Report,
 ) -> None:
     """Every file and link the new generation no longer has, and what k3s keeps of a chart."""
     verb = "would remove" if options.dry_run else "removed"
-    previous = dest.read_record()
     kinds = {f.path: f.kind for f in previous.files} if previous is not None else {}
     for path in [*change.removals, *change.unlinks]:
         outcome.removed.append(path)
