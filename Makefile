@@ -79,9 +79,11 @@ lint: typecheck-tree
 		--explicit-package-bases --follow-imports=silent tests $(wildcard bench/*.py); \
 	exit $$rc
 
+# Every bench/*.py but the shared modules (bench/_*.py); bench/README.md says what each measures.
 bench:
 	@set -e; for script in bench/*.py; do \
 		[ -e "$$script" ] || { echo "no scripts in bench/"; break; }; \
+		case "$$script" in bench/_*) continue;; esac; \
 		echo "== $$script"; \
 		$(BIN)/python "$$script"; \
 	done

@@ -1,337 +1,315 @@
 """Benchmark: `k3bundle install --root` (verify + place) against `tar -xf` of the same bundle.
 
-For each size this writes a signed amd64 bundle (a small stand-in k3s binary plus three image
-tarballs of random bytes), then alternates timed runs of
+For each size, `k3bundle build` (through its command line, from bench/_servers.py on 127.0.0.1)
+writes a signed amd64 bundle shaped like a real release: ONE airgap image tarball of 75 % of the
+bytes, a 64 MiB k3s binary (size/8 below 512 MiB) and an extra-images OCI archive of the rest;
+once as a single file and once split into parts (`--split`, a quarter of the bundle each). Then,
+per layout and per page-cache state, it alternates (rotating the order every round) timed runs of
 
-  tar      tar -xf bundle.tar -C FRESH_DIR
-  install  python -m k3bundle.bundler install bundle.tar --pubkey KEY.pub --root FRESH_ROOT -q
-  zipapp   python3 -I k3bundle-install.pyz install ... (signature checked through openssl)
+  tar      tar -xf bundle.tar -C FRESH          (split: cat bundle.tar.0* | tar -xf - -C FRESH)
+  install  k3bundle install BUNDLE --pubkey KEY.pub --root FRESH --arch amd64 -q
+  zipapp   python3 -I k3bundle-install.pyz install ... (the build's zipapp, the host's python3,
+           signature checked through openssl; warm cache only)
+  verify   k3bundle verify BUNDLE --pubkey KEY.pub (read + hash only: for information)
+  sha256   one hashlib sha256 pass over the bundle's bytes on one core (for information: what
+           a single-stream verify costs at least; warm cache only)
 
-each into a fresh folder that is removed afterwards. The page cache is never dropped: every run
-reads a warm bundle, and every run writes into the page cache (dirty pages are flushed with sync
-before each run, outside the timing). The goal is a median ratio install/tar <= 1.3 and an
-installer peak RSS <= 64 MiB, whatever the bundle size.
+each into a fresh folder removed afterwards. `warm`: nothing dropped, the bundle is in the page
+cache. `cold`: `sync; echo 3 > /proc/sys/vm/drop_caches` before every run of every tool (needs
+root; skipped with a note otherwise), as when a bundle is read from a USB stick.
 
-    .venv/bin/python bench/install_vs_tar.py [--sizes 256M,1G] [--runs 3] [--workdir DIR]
+Goals (issue 13): warm install <= 1.3 x tar at every size; cold install <= 1.05 x cold tar;
+installer peak RSS <= 64 MiB (the child's own ru_maxrss, via os.wait4).
+
+    .venv/bin/python bench/install_vs_tar.py [--sizes 256M,1G] [--caches warm,cold]
+        [--layouts single,split] [--runs 3] [--workdir DIR] [--strict]
 """
 
 from __future__ import annotations
 
 import argparse
-import compileall
-import contextlib
 import os
 import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
-
-from k3bundle.bundler import keys
-from k3bundle.bundler.writer import entry_for_file, write_bundle
-from k3bundle.bundler.zipapp import write_zipapp
-from k3bundle.installer.manifest import Entry, Manifest
+from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
-MIB = 1024**2
-WRITE_CHUNK = 4 * MIB
-BINARY_SIZE = 8 * MIB
-IMAGE_SHARES = (0.6, 0.25, 0.15)
-MAX_RATIO = 1.3
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# Sample, human, parse_common, parse_size and run_child stay importable from here
+# (bench/images_vs_skopeo.py uses them).
+from bench._common import (  # noqa: E402
+    MIB,
+    Sample,
+    Samples,
+    add_common,
+    build_argv,
+    bundle_files,
+    bundle_path,
+    can_drop_caches,
+    check_disk,
+    human,
+    k3bundle,
+    keygen,
+    launcher_floor,
+    load_note,
+    log,
+    parse_size,
+    parse_sizes,
+    precompile,
+    release_shape,
+    run_child,
+    run_quiet,
+    serve,
+    settle,
+    sha256_argv,
+    verdict,
+    workdir,
+    write_release,
+)
+
+__all__ = ["Sample", "human", "main", "parse_common", "parse_size", "run_child"]
+
+WARM_GOAL = 1.3
+COLD_GOAL = 1.05
 MAX_RSS_MIB = 64.0
-VERSION = "v1.31.4+k3s1"
-VARIANTS = ("tar", "install", "zipapp")
-
-
-@dataclass
-class Sample:
-    """One timed child process: wall seconds, its own peak RSS and CPU seconds (user + system)."""
-
-    seconds: float
-    rss_mib: float
-    cpu: float = 0.0
-
-
-@dataclass
-class SizeResult:
-    """Every sample for one bundle size."""
-
-    size: int
-    bundle_bytes: int
-    samples: Dict[str, List[Sample]] = field(default_factory=dict)
-
-    def median(self, variant: str) -> float:
-        """Median wall seconds of one variant."""
-        return statistics.median(s.seconds for s in self.samples[variant])
-
-    def cpu(self, variant: str) -> float:
-        """Median CPU seconds (user + system) of one variant."""
-        return statistics.median(s.cpu for s in self.samples[variant])
-
-    def peak_rss(self, variant: str) -> float:
-        """Largest peak RSS (MiB) seen over the runs of one variant."""
-        return max(s.rss_mib for s in self.samples[variant])
-
-
-def parse_size(text: str) -> int:
-    """'256M', '1G', '512K' or a byte count (powers of 1024)."""
-    value = text.strip().upper().removesuffix("IB").removesuffix("B")
-    units = {"K": 1024, "M": MIB, "G": 1024**3}
-    scale = units.get(value[-1:], 1)
-    digits = value[:-1] if value[-1:] in units else value
-    if not digits.isdigit() or int(digits) * scale < 16 * MIB:
-        raise argparse.ArgumentTypeError(f"cannot use {text!r} as a bundle size (>= 16M)")
-    return int(digits) * scale
-
-
-def human(size: int) -> str:
-    """1073741824 -> '1G', 268435456 -> '256M'."""
-    for unit, scale in (("G", 1024**3), ("M", MIB), ("K", 1024)):
-        if size % scale == 0:
-            return f"{size // scale}{unit}"
-    return str(size)
-
-
-def write_random(path: Path, size: int) -> None:
-    """A file of `size` random bytes, written in chunks (never held in memory)."""
-    with open(path, "wb") as out:
-        left = size
-        while left:
-            chunk = os.urandom(min(WRITE_CHUNK, left))
-            out.write(chunk)
-            left -= len(chunk)
-
-
-def make_bundle(folder: Path, size: int, private_key: Path) -> Path:
-    """A signed amd64 bundle of about `size` bytes; the payload files are removed afterwards."""
-    payload = folder / "payload"
-    payload.mkdir()
-    images = size - BINARY_SIZE
-    specs: List[Tuple[str, str, int, int]] = [("amd64/k3s", "k3s-binary", 0o755, BINARY_SIZE)]
-    names = ("k3s-airgap-images-amd64.tar.zst", "extra-images-1.tar", "extra-images-2.tar")
-    sizes = [int(images * share) for share in IMAGE_SHARES]
-    sizes[0] += images - sum(sizes)
-    for index, (name, part) in enumerate(zip(names, sizes)):
-        kind = "airgap-images" if index == 0 else "images"
-        specs.append((f"amd64/{name}", kind, 0o644, part))
-    entries: List[Entry] = []
-    files: Dict[str, Path] = {}
-    for member, kind, mode, part in specs:
-        local = payload / member.replace("/", "_")
-        write_random(local, part)
-        entries.append(entry_for_file(local, member, kind, arch="amd64", mode=mode))
-        files[member] = local
-    manifest = Manifest(VERSION, ("amd64",), tuple(entries))
-    target = folder / "bundle.tar"
-    write_bundle(target, manifest, files, keys.load_signer(private_key))
-    shutil.rmtree(payload)
-    os.sync()
-    return target
-
-
-# A lean launcher (python -I -S, about 8 MiB) forks the measured command and reports that child's
-# own rusage. Spawning straight from this process would not do: a child forked or vforked from
-# here inherits this process's RSS high-water mark into its ru_maxrss (Linux records the old mm's
-# peak at exec), so `tar` would show the benchmark's own ~40 MiB. The launcher's RSS is the floor.
-LAUNCHER = """
-import os, sys, time
-argv = sys.argv[1:]
-start = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-        os.execvp(argv[0], argv)
-    finally:
-        os._exit(127)
-_, status, usage = os.wait4(pid, 0)
-seconds = time.perf_counter() - start
-cpu = usage.ru_utime + usage.ru_stime
-print(repr(seconds), usage.ru_maxrss, repr(cpu), os.waitstatus_to_exitcode(status))
-"""
-
-
-def run_child(argv: Sequence[str], env: Optional[Mapping[str, str]] = None) -> Sample:
-    """Run one command; its wall time (perf_counter) and its own peak RSS (os.wait4)."""
-    launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER, *argv]
-    with tempfile.TemporaryFile() as errors:
-        done = subprocess.run(launcher, stdout=subprocess.PIPE, stderr=errors, env=env, check=False)
-        fields = done.stdout.split()
-        if done.returncode != 0 or len(fields) != 4 or fields[3] != b"0":
-            errors.seek(0)
-            message = errors.read().decode(errors="replace").strip()
-            raise SystemExit(f"failed: {' '.join(argv)}\n{message}")
-    # ru_maxrss is KiB on Linux
-    return Sample(float(fields[0]), int(fields[1]) / 1024, float(fields[2]))
-
-
-@dataclass(frozen=True)
-class Setup:
-    """Paths shared by every run of one size."""
-
-    bundle: Path
-    pubkey: Path
-    zipapp: Path
-    scratch: Path
-
-
-def command(variant: str, setup: Setup, out: Path) -> Tuple[List[str], Dict[str, str]]:
-    """The argv and environment of one variant, writing into `out`."""
-    env = dict(os.environ)
-    if variant == "tar":
-        return ["tar", "-xf", str(setup.bundle), "-C", str(out)], env
-    args = ["install", str(setup.bundle), "--pubkey", str(setup.pubkey), "--root", str(out)]
-    args += ["--arch", "amd64", "-q"]
-    if variant == "install":
-        return [sys.executable, "-m", "k3bundle.bundler", *args], env
-    env["K3BUNDLE_VERIFY_WITH"] = "openssl"  # as on a host without cryptography
-    return [sys.executable, "-I", str(setup.zipapp), *args], env
-
-
-def run_once(variant: str, setup: Setup, index: int) -> Sample:
-    """One timed run of `variant` into a fresh folder, removed afterwards."""
-    out = setup.scratch / f"{variant}-{index}"
-    out.mkdir()
-    try:
-        argv, env = command(variant, setup, out)
-        os.sync()  # flush the previous run's dirty pages outside the timing
-        return run_child(argv, env)
-    finally:
-        shutil.rmtree(out)
-
-
-def bench_size(
-    work: Path, size: int, runs: int, private_key: Path, setup_keys: Setup
-) -> SizeResult:
-    """Generate one bundle and time every variant `runs` times, interleaved."""
-    folder = work / human(size)
-    folder.mkdir()
-    try:
-        print(f"[{human(size)}] writing bundle ...", file=sys.stderr, flush=True)
-        bundle = make_bundle(folder, size, private_key)
-        setup = Setup(bundle, setup_keys.pubkey, setup_keys.zipapp, folder)
-        result = SizeResult(size, bundle.stat().st_size, {v: [] for v in VARIANTS})
-        for variant in VARIANTS:  # one untimed warm-up each: warm cache, imports compiled
-            run_once(variant, setup, -1)
-        for index in range(runs):
-            # Rotate the order: whichever command runs right after another one's 1 GiB was
-            # deleted pays for the kernel's clean-up, so each variant takes each position in turn.
-            shift = index % len(VARIANTS)
-            for variant in (*VARIANTS[shift:], *VARIANTS[:shift]):
-                sample = run_once(variant, setup, index)
-                result.samples[variant].append(sample)
-                print(
-                    f"[{human(size)}] run {index + 1}/{runs} {variant:8s}"
-                    f" {sample.seconds:7.3f} s (cpu {sample.cpu:6.3f} s)"
-                    f" {sample.rss_mib:6.1f} MiB",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        return result
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def verdict(ratio: float, rss: float) -> str:
-    """PASS when both goals hold, else FAIL naming which."""
-    failed = [
-        name for name, bad in (("ratio", ratio > MAX_RATIO), ("rss", rss > MAX_RSS_MIB)) if bad
-    ]
-    return "PASS" if not failed else "FAIL(" + ",".join(failed) + ")"
-
-
-def report(results: Sequence[SizeResult], runs: int, floor: float) -> bool:
-    """Print the table; True when every row passes."""
-    print()
-    print(
-        f"install vs tar -xf, median of {runs} runs; warm page cache (nothing dropped), "
-        f"goal: ratio <= {MAX_RATIO}, peak RSS <= {MAX_RSS_MIB:.0f} MiB"
-    )
-    header = (
-        f"{'size':>6} {'variant':8} {'tar s':>7} {'inst s':>7} {'ratio':>6} "
-        f"{'cpu ratio':>9} {'RSS MiB':>8} {'tar RSS':>8}  verdict"
-    )
-    print(header)
-    print("-" * len(header))
-    ok = True
-    for result in results:
-        tar, tar_cpu = result.median("tar"), result.cpu("tar")
-        for variant in ("install", "zipapp"):
-            seconds = result.median(variant)
-            ratio = seconds / tar
-            rss = result.peak_rss(variant)
-            line = verdict(ratio, rss)
-            ok = ok and line == "PASS"
-            cpu_ratio = result.cpu(variant) / tar_cpu if tar_cpu else float("nan")
-            print(
-                f"{human(result.size):>6} {variant:8} {tar:7.3f} {seconds:7.3f} {ratio:6.2f} "
-                f"{cpu_ratio:9.2f} {rss:8.1f} {result.peak_rss('tar'):8.1f}  {line}"
-            )
-    print(
-        "install = python -m k3bundle.bundler install (cryptography); "
-        "zipapp = python -I k3bundle-install.pyz install (openssl)"
-    )
-    print(
-        "ratio = median wall time install / tar (the goal); cpu ratio = median user+system CPU, "
-        "for information (less sensitive to a busy machine)"
-    )
-    print(f"RSS = the child's own ru_maxrss via os.wait4; floor {floor:.1f} MiB (the launcher's)")
-    load = os.getloadavg()[0]
-    print(f"load average (1 min) at the end: {load:.2f} on {os.cpu_count()} CPUs", end="")
-    print(" -- a busy machine: wall times are noisy" if load > 0.5 else "")
-    return ok
-
-
-def precompile() -> None:
-    """Write k3bundle's bytecode, as `pip install` does: a host never compiles it per run.
-
-    Without this, PYTHONDONTWRITEBYTECODE (or a read-only checkout) would make every timed run
-    compile the installer from source, and the benchmark would time the compiler.
-    """
-    for folder in ("installer", "bundler"):
-        compileall.compile_dir(str(REPO / folder), quiet=1)
-
-
-def default_workdir() -> Path:
-    """A folder under the repository (same filesystem as the repo, not a tmpfs)."""
-    return REPO / ".bench"
-
-
-def check_disk(base: Path, need: int, why: str) -> None:
-    """Refuse when the work dir's filesystem has less than `need` bytes free."""
-    free = shutil.disk_usage(base).free
-    if free < need:
-        raise SystemExit(
-            f"not enough free disk under {base}: {free / MIB:.0f} MiB free, "
-            f"{need / MIB:.0f} MiB needed ({why})"
-        )
-
-
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    """The command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--sizes",
-        default="256M,1G",
-        type=lambda text: [parse_size(p) for p in text.split(",") if p.strip()],
-        help="comma-separated bundle sizes (default: 256M,1G)",
-    )
-    return parse_common(parser, argv)
+TIMED = ("tar", "install", "zipapp")
+INFO = ("verify", "sha256")
 
 
 def parse_common(
     parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]
 ) -> argparse.Namespace:
-    """Add the options every benchmark takes (--runs, --workdir, --strict) and parse."""
-    parser.add_argument("--runs", type=int, default=3, help="timed runs per variant (default: 3)")
-    parser.add_argument(
-        "--workdir", type=Path, default=None, help="where to write (default: REPO/.bench)"
-    )
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
+    """Add --runs, --workdir, --strict and parse (kept for bench/images_vs_skopeo.py)."""
+    add_common(parser)
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    return args
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """One built bundle: its layout, what to hand the installer, its bytes in order."""
+
+    layout: str
+    argument: Path
+    files: Tuple[Path, ...]
+    zipapp: Path
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk (all parts)."""
+        return sum(p.stat().st_size for p in self.files)
+
+
+@dataclass
+class Row:
+    """The samples of one (size, layout, cache state)."""
+
+    size: int
+    layout: str
+    cache: str
+    bundle_bytes: int
+    samples: Samples = field(default_factory=Samples)
+
+
+def host_python() -> str:
+    """The host's python3 (outside the venv) for the zipapp, else this one."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return sys.executable
+
+
+def command(
+    variant: str, bundle: Bundle, pubkey: Path, out: Path
+) -> Tuple[List[str], Dict[str, str]]:
+    """The argv and environment of one variant, writing into `out`."""
+    env = dict(os.environ)
+    files = [str(p) for p in bundle.files]
+    if variant == "tar":
+        if len(files) == 1:
+            return ["tar", "-xf", files[0], "-C", str(out)], env
+        script = 'out=$1; shift; cat "$@" | tar -xf - -C "$out"'
+        return ["sh", "-c", script, "sh", str(out), *files], env
+    if variant == "sha256":
+        return sha256_argv(bundle.files), env
+    if variant == "verify":
+        return k3bundle("verify", str(bundle.argument), "--pubkey", str(pubkey), "-q"), env
+    args = ["install", str(bundle.argument), "--pubkey", str(pubkey), "--root", str(out)]
+    args += ["--arch", "amd64", "-q"]
+    if variant == "install":
+        return k3bundle(*args), env
+    env["K3BUNDLE_VERIFY_WITH"] = "openssl"  # as on a host without cryptography
+    return [host_python(), "-I", str(bundle.zipapp), *args], env
+
+
+def run_once(variant: str, bundle: Bundle, pubkey: Path, scratch: Path, drop: bool) -> Sample:
+    """One timed run of `variant` into a fresh folder, removed afterwards."""
+    out = scratch / f"out-{variant}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    try:
+        argv, env = command(variant, bundle, pubkey, out)
+        settle(drop)  # outside the timing: flush the previous run's dirty pages (and drop)
+        return run_child(argv, env)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def make_bundles(work: Path, size: int, layouts: Sequence[str], key: Path) -> List[Bundle]:
+    """Build the bundle of `size` once per layout with `k3bundle build`; sources are removed."""
+    shape = release_shape(size)
+    log(
+        f"[{human(size)}] generating the release: binary {human(shape.binary)}, airgap images "
+        f"{human(shape.airgap)}, extra images {human(shape.extra)} ..."
+    )
+    write_release(work / "release", shape)
+    bundles = []
+    split = max(16 * MIB, size // 4)
+    with serve(work / "release") as server:
+        for layout in layouts:
+            log(f"[{human(size)}] k3bundle build ({layout}) ...")
+            out = work / f"bundle-{layout}"
+            argv = build_argv(
+                server, work / "cache", out, key, split if layout == "split" else None
+            )
+            run_quiet(argv, "k3bundle build")
+            files = tuple(bundle_files(out))
+            bundles.append(Bundle(layout, bundle_path(out), files, out / "k3bundle-install.pyz"))
+    shutil.rmtree(work / "release")
+    shutil.rmtree(work / "cache")
+    return bundles
+
+
+def bench_row(
+    bundle: Bundle,
+    size: int,
+    cache: str,
+    args: argparse.Namespace,
+    pubkey: Path,
+    scratch: Path,
+) -> Row:
+    """Every variant `runs` times, interleaved, the order rotating each round."""
+    drop, runs = cache == "cold", int(args.runs)
+    variants = [v for v in (*TIMED, *INFO) if v in args.variants]
+    variants = [v for v in variants if not (drop and v in ("zipapp", "sha256"))]
+    if not bundle.zipapp.exists():
+        variants = [v for v in variants if v != "zipapp"]
+    row = Row(size, bundle.layout, cache, bundle.size)
+    if not drop:  # one untimed run: the bundle and the code in the page cache
+        run_once("install", bundle, pubkey, scratch, False)
+    for index in range(runs):
+        # Whichever command runs right after another one's output was deleted pays for the
+        # kernel's clean-up, so each variant takes each position in turn.
+        shift = index % len(variants)
+        for variant in (*variants[shift:], *variants[:shift]):
+            sample = run_once(variant, bundle, pubkey, scratch, drop)
+            row.samples.add(variant, sample)
+            log(
+                f"[{human(size)} {bundle.layout} {cache}] run {index + 1}/{runs} {variant:9s}"
+                f" {sample.seconds:7.3f} s (cpu {sample.cpu:6.3f} s) {sample.rss_mib:6.1f} MiB"
+            )
+    return row
+
+
+def report(rows: Sequence[Row], runs: int, floor: float, note: str) -> bool:
+    """Print the table; True when every goal holds."""
+    print()
+    print(
+        f"install vs tar -xf, real-release shape (75 % one image tarball), median of {runs} "
+        "alternating runs"
+    )
+    print(
+        f"goals: warm install <= {WARM_GOAL} x tar, cold install <= {COLD_GOAL} x cold tar, "
+        f"installer peak RSS <= {MAX_RSS_MIB:.0f} MiB"
+    )
+    header = (
+        f"{'size':>5} {'layout':6} {'cache':5} {'variant':9} {'tar s':>7} {'s':>7} {'GiB/s':>6} "
+        f"{'ratio':>6} {'goal':>6} {'cpu s':>7} {'RSS MiB':>8}  verdict"
+    )
+    print(header)
+    print("-" * len(header))
+    ok = True
+    for row in rows:
+        tar = row.samples.median("tar")
+        for variant in (*TIMED, *INFO):
+            if variant not in row.samples.runs:
+                continue
+            seconds = row.samples.median(variant)
+            ratio = seconds / tar
+            rss = row.samples.peak_rss(variant)
+            rate = row.bundle_bytes / 1024**3 / seconds
+            goal = COLD_GOAL if row.cache == "cold" else WARM_GOAL
+            if variant in ("install", "zipapp"):
+                line = verdict([("ratio", ratio <= goal), ("rss", rss <= MAX_RSS_MIB)])
+                ok = ok and line == "PASS"
+                goal_s = f"<={goal}"
+            else:
+                line, goal_s = "(baseline)" if variant == "tar" else "(info)", ""
+            print(
+                f"{human(row.size):>5} {row.layout:6} {row.cache:5} {variant:9} {tar:7.3f} "
+                f"{seconds:7.3f} {rate:6.2f} {ratio:6.2f} {goal_s:>6} "
+                f"{row.samples.cpu(variant):7.2f} {rss:8.1f}  {line}"
+            )
+    print(
+        "ratio = median wall time / tar's in the same layout and cache state; cpu = median "
+        "user+system CPU\nof the child and its children; RSS = the largest single process's "
+        f"ru_maxrss via os.wait4 (floor {floor:.1f} MiB,\nthe launcher's). split = "
+        "parts of a quarter of the bundle; tar reads them through `cat | tar -xf -`."
+    )
+    if note:
+        print(note)
+    print(load_note())
+    return ok
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        epilog="Sizes 8G and up take minutes each: e.g. --sizes 256M,1G,8G.",
+    )
+    parser.add_argument(
+        "--sizes",
+        default=parse_sizes("256M,1G"),
+        type=parse_sizes,
+        help="comma-separated bundle sizes (default: 256M,1G)",
+    )
+    parser.add_argument(
+        "--caches",
+        default="warm,cold",
+        help="page-cache states: warm (nothing dropped), cold (dropped before every run); "
+        "default: warm,cold",
+    )
+    parser.add_argument(
+        "--layouts",
+        default="single,split",
+        help="single (one bundle.tar), split (build --split into parts); default: single,split",
+    )
+    parser.add_argument("--no-split", action="store_true", help="same as --layouts single")
+    parser.add_argument(
+        "--variants",
+        default=",".join((*TIMED, *INFO)),
+        help="what to time besides tar (always): install, zipapp, verify, sha256 "
+        "(default: all; zipapp and sha256 run with a warm cache only)",
+    )
+    add_common(parser)
+    args = parser.parse_args(argv)
+    args.caches = [c for c in args.caches.split(",") if c]
+    args.variants = {"tar", *(v for v in args.variants.split(",") if v)}
+    if args.variants - {*TIMED, *INFO}:
+        parser.error(f"--variants takes {', '.join((*TIMED, *INFO))}")
+    args.layouts = ["single"] if args.no_split else [x for x in args.layouts.split(",") if x]
+    if set(args.caches) - {"warm", "cold"} or not args.caches:
+        parser.error("--caches takes warm and/or cold")
+    if set(args.layouts) - {"single", "split"} or not args.layouts:
+        parser.error("--layouts takes single and/or split")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     return args
@@ -341,23 +319,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the benchmark and print the table."""
     args = parse_args(argv)
     sizes: List[int] = args.sizes
-    base: Path = args.workdir or default_workdir()
-    base.mkdir(parents=True, exist_ok=True)
-    check_disk(base, 4 * max(sizes), "4x the largest bundle; use --workdir or smaller --sizes")
-    work = Path(tempfile.mkdtemp(prefix="install-vs-tar-", dir=base))
-    try:
+    caches: List[str] = args.caches
+    note = ""
+    if "cold" in caches and not can_drop_caches():
+        caches = [c for c in caches if c != "cold"]
+        note = "NOTE: cold runs skipped: dropping the page cache needs root (/proc/sys/vm)"
+        log(note)
+    if not caches:
+        print(note)
+        return 0
+    rows: List[Row] = []
+    with workdir(args.workdir, "install-vs-tar-") as work:
+        # release + cache + both bundles at build time; the bundles and one output later
+        check_disk(work, 4 * max(sizes), "4x the largest size; use --workdir or smaller --sizes")
         precompile()
-        pair = keys.generate(str(work / "bench"), None)
-        zipapp = write_zipapp(work / "k3bundle-install.pyz")
-        shared = Setup(Path(), pair.public, zipapp, work)
-        floor = run_child(["true"]).rss_mib
-        results = [bench_size(work, size, args.runs, pair.private, shared) for size in sizes]
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if args.workdir is None:
-            with contextlib.suppress(OSError):
-                base.rmdir()
-    ok = report(results, args.runs, floor)
+        key, pubkey = keygen(work / "keys")
+        floor = launcher_floor()
+        for size in sizes:
+            folder = work / human(size)
+            folder.mkdir()
+            try:
+                bundles = make_bundles(folder, size, args.layouts, key)
+                for bundle in bundles:
+                    for cache in caches:
+                        rows.append(bench_row(bundle, size, cache, args, pubkey, folder))
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+                subprocess.run(["sync"], check=False)
+    ok = report(rows, args.runs, floor, note)
     return 1 if args.strict and not ok else 0
 
 
