@@ -42,7 +42,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.install_vs_tar import Sample, human, parse_common, parse_size, run_child  # noqa: E402
-from k3bundle.installer.verify import inspect_bundle  # noqa: E402
+from k3bundle.installer.format.verify import inspect_bundle  # noqa: E402
 from tests.oci_registry import OCI_MANIFEST, LocalRegistry, push  # noqa: E402
 from tests.release_server import ReleaseServer, generate_release  # noqa: E402
 

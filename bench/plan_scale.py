@@ -19,8 +19,8 @@ import sys
 import time
 from typing import Dict, List, Sequence, Tuple
 
-from k3bundle.installer.manifest import Entry, Manifest, parse
-from k3bundle.installer.plan import Options, plan_install
+from k3bundle.installer.format.manifest import Entry, Manifest, parse
+from k3bundle.installer.host.plan import Options, plan_install
 
 GOAL = 3.0
 BASELINE = 1000

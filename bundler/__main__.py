@@ -1,5 +1,5 @@
 """`python3 -m k3bundle.bundler` runs the k3bundle command line."""
 
-from .entry import main
+from k3bundle.bundler.entry import main
 
 main()

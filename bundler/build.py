@@ -10,22 +10,25 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
+from k3bundle.bundler import uptodate
+from k3bundle.bundler.cache import Cache
+from k3bundle.bundler.keys import Prompt, Signer, load_signer
+from k3bundle.bundler.net.fetch import Download, Fetcher, FetchEvents, FetchSettings, NotFoundError
+from k3bundle.bundler.net.transport import DISK_ERRORS
+from k3bundle.bundler.oci.reference import Reference
+from k3bundle.bundler.payloads import release
+from k3bundle.bundler.payloads.charts import ChartSpec
+from k3bundle.bundler.payloads.extras import RegistryOptions, collect, parse_images
+from k3bundle.bundler.writer import (
+    BundleOutput,
+    source_date_epoch,
+    stage_bundle,
+    writer_code_sha256,
+)
+from k3bundle.bundler.zipapp import write_zipapp
 from k3bundle.installer.errors import FetchError, IntegrityError, build_error
-from k3bundle.installer.hashing import sha256_file
-from k3bundle.installer.manifest import Entry, Manifest, check_arch
-from k3bundle.installer.parts import PARTS_SUFFIX
+from k3bundle.installer.format import PARTS_SUFFIX, Entry, Manifest, check_arch, sha256_file
 from k3bundle.installer.progress import Progress
-
-from . import release, uptodate
-from .cache import Cache
-from .charts import ChartSpec
-from .extras import RegistryOptions, collect, parse_images
-from .fetch import Download, Fetcher, FetchEvents, FetchSettings, NotFoundError
-from .keys import Prompt, Signer, load_signer
-from .reference import Reference
-from .transport import DISK_ERRORS
-from .writer import BundleOutput, source_date_epoch, stage_bundle, writer_code_sha256
-from .zipapp import write_zipapp
 
 INSTALLER_NAME = "k3bundle-install.pyz"
 SUMS_NAME = "SHA256SUMS"

@@ -10,24 +10,24 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import click
 
-from k3bundle.installer.manifest import ARCHES, arch_from_machine
+from k3bundle.bundler import terminal
+from k3bundle.bundler.build import BuildResult, BuildSettings, build
+from k3bundle.bundler.build_events import LogFetchEvents, TqdmFetchEvents
+from k3bundle.bundler.cache import default_cache_dir
+from k3bundle.bundler.net.fetch import FetchEvents, FetchSettings
+from k3bundle.bundler.net.transport import Interrupted
+from k3bundle.bundler.oci.credentials import parse_registry_auth, read_auth_file
+from k3bundle.bundler.oci.mirrors import parse_mirror_flags
+from k3bundle.bundler.payloads import release
+from k3bundle.bundler.payloads.charts import ChartSpec, chart_from_spec, parse_chart_flag
+from k3bundle.bundler.payloads.extras import RegistryOptions
+from k3bundle.bundler.progress import TqdmProgress
+from k3bundle.bundler.site_config import SiteConfig, default_path, load_site_config
+from k3bundle.bundler.spec import Spec, load_spec
+from k3bundle.bundler.terminal import prompt_secret, verbose_option
+from k3bundle.bundler.writer import parse_size
+from k3bundle.installer.format import ARCHES, arch_from_machine
 from k3bundle.installer.progress import Progress, human_size
-
-from . import release, terminal
-from .build import BuildResult, BuildSettings, build
-from .build_events import LogFetchEvents, TqdmFetchEvents
-from .cache import default_cache_dir
-from .charts import ChartSpec, chart_from_spec, parse_chart_flag
-from .credentials import parse_registry_auth, read_auth_file
-from .extras import RegistryOptions
-from .fetch import FetchEvents, FetchSettings
-from .mirrors import parse_mirror_flags
-from .progress import TqdmProgress
-from .site_config import SiteConfig, default_path, load_site_config
-from .spec import Spec, load_spec
-from .terminal import prompt_secret, verbose_option
-from .transport import Interrupted
-from .writer import parse_size
 
 SITE_CONFIG = "k3bundle.site_config"
 

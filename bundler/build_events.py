@@ -14,9 +14,8 @@ from typing import Any, Callable, Dict, Optional
 import click
 from tqdm import tqdm
 
+from k3bundle.bundler.net.fetch import Download, FetchEvents
 from k3bundle.installer.progress import human_size
-
-from .fetch import Download, FetchEvents
 
 PERIOD = 10.0  # seconds between progress lines when stderr is not a terminal
 

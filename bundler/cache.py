@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional
 from urllib.parse import quote
 
+from k3bundle.bundler.net.limits import is_hex_key
+from k3bundle.bundler.platform_dirs import user_cache_dir
 from k3bundle.installer.errors import FetchError
-from k3bundle.installer.hashing import sha256_file
-
-from .limits import is_hex_key
-from .platform_dirs import user_cache_dir
+from k3bundle.installer.format import sha256_file
 
 _SUBFOLDERS = ("sha256", "partial", "locks", "index")
 

@@ -10,6 +10,15 @@ from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import click
 
+from k3bundle.bundler import terminal
+from k3bundle.bundler.completion import (
+    SHELLS,
+    HostCommand,
+    complete_host_argument,
+    completion_script,
+)
+from k3bundle.bundler.progress import TqdmProgress
+from k3bundle.bundler.terminal import prompt_secret, verbose_option
 from k3bundle.installer import cli as installer_cli
 from k3bundle.installer.cli import broken_pipe, fail
 from k3bundle.installer.errors import (
@@ -20,11 +29,6 @@ from k3bundle.installer.errors import (
     edge_error,
     unexpected,
 )
-
-from . import terminal
-from .completion import SHELLS, HostCommand, complete_host_argument, completion_script
-from .progress import TqdmProgress
-from .terminal import prompt_secret, verbose_option
 
 EXIT_HELP = "\b\nExit codes:\n" + "\n".join(
     f"  {code}  {text}" for code, text in EXIT_CODES.items()
@@ -121,7 +125,7 @@ def keygen(name: str, force: bool, quiet: bool, verbose: bool) -> None:
     prompt (only on a terminal) or in K3BUNDLE_KEY_PASSPHRASE. Keep NAME.key on the build
     machine; copy NAME.pub to the hosts (e.g. /etc/k3bundle/trusted.d/).
     """
-    from . import keys  # cryptography is only needed here and when signing
+    from k3bundle.bundler import keys  # cryptography is only needed here and when signing
 
     terminal.verbose(verbose)
 
@@ -144,7 +148,7 @@ def keygen(name: str, force: bool, quiet: bool, verbose: bool) -> None:
 def installer_zipapp(output: Path, quiet: bool, verbose: bool) -> None:
     """Write the standalone installer (needs only python3 >= 3.8 on the host)."""
     terminal.verbose(verbose)
-    from .zipapp import write_zipapp
+    from k3bundle.bundler.zipapp import write_zipapp
 
     write_zipapp(output)
     if not quiet:

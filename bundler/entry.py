@@ -23,7 +23,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Any:
         from k3bundle.installer import cli as installer_cli
 
         sys.exit(installer_cli.main(args, prog="k3bundle", progress_factory=_tqdm_progress))
-    from .cli import main as group_main
+    from k3bundle.bundler.cli import main as group_main
 
     return group_main(args)
 
@@ -38,6 +38,6 @@ def _is_host_command(args: Sequence[str]) -> bool:
 
 def _tqdm_progress() -> Any:
     """tqdm bars, imported only when a terminal will show them."""
-    from .progress import TqdmProgress
+    from k3bundle.bundler.progress import TqdmProgress
 
     return TqdmProgress()

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from k3bundle.installer.errors import TrustError, UsageError, build_error
-from k3bundle.installer.signature import Signature, key_id_of
+from k3bundle.installer.format import Signature, key_id_of
 
 PASSPHRASE_ENV = "K3BUNDLE_KEY_PASSPHRASE"
 Prompt = Callable[[str, bool], str]

@@ -17,10 +17,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import click
 import yaml
 
+from k3bundle.bundler.oci.credentials import Credentials, parse_registry_auth, registry_host
+from k3bundle.bundler.oci.mirrors import check_mirrors
 from k3bundle.installer.errors import UsageError
-
-from .credentials import Credentials, parse_registry_auth, registry_host
-from .mirrors import check_mirrors
 
 # Keys that are build options: they become the defaults of `k3bundle build`'s flags.
 OPTION_KEYS: Dict[str, Tuple[type, ...]] = {

@@ -9,14 +9,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import click
 
-from k3bundle.installer.manifest import ARCHES
+from k3bundle.bundler import terminal
+from k3bundle.bundler.progress import TqdmProgress
+from k3bundle.bundler.slicing import SliceResult, slice_bundle, slice_files
+from k3bundle.bundler.terminal import verbose_option
+from k3bundle.bundler.writer import parse_size
+from k3bundle.installer.format import ARCHES
 from k3bundle.installer.progress import Progress, human_size
-
-from . import terminal
-from .progress import TqdmProgress
-from .slicing import SliceResult, slice_bundle, slice_files
-from .terminal import verbose_option
-from .writer import parse_size
 
 
 @click.command("slice")

@@ -16,15 +16,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from k3bundle.bundler.tarwrite import PartWriter, padding, tar_header, write_end, write_small_member
+from k3bundle.bundler.writer import BundleOutput, Staged, stage_written
 from k3bundle.installer.errors import IntegrityError, UsageError
-from k3bundle.installer.hashing import sha256_file
-from k3bundle.installer.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, parse
+from k3bundle.installer.format import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    BundleSource,
+    Header,
+    Holding,
+    Manifest,
+    parse_manifest,
+    sha256_file,
+)
 from k3bundle.installer.progress import Progress
-from k3bundle.installer.slices import Holding
-from k3bundle.installer.sources import BundleSource, Header
-
-from .tarwrite import PartWriter, padding, tar_header, write_end, write_small_member
-from .writer import BundleOutput, Staged, stage_written
 
 INSTALLER_NAME = "k3bundle-install.pyz"
 SUMS_NAME = "SHA256SUMS"
@@ -75,7 +80,7 @@ def slice_bundle(
         )
     with BundleSource(str(bundle)) as source:
         header = source.read_header()
-        manifest = parse(header.manifest)
+        manifest = parse_manifest(header.manifest)
         keep = Holding(_chosen(manifest, source.holding(manifest), arches), manifest.architectures)
         target = output / slice_name(_bundle_name(source), manifest.architectures, keep.holds)
         _refuse_own_folder(source, output)

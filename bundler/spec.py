@@ -15,9 +15,8 @@ import jsonschema
 import yaml
 
 import k3bundle.manifests
+from k3bundle.bundler.oci.mirrors import check_mirrors
 from k3bundle.installer.errors import UsageError
-
-from .mirrors import check_mirrors
 
 SCHEMA_PATH = Path(k3bundle.manifests.__file__).with_name("bundle.schema.json")
 MAX_DEPTH = 32  # the schema nests 5 deep; chart values and install config a little deeper

@@ -13,8 +13,7 @@ import tarfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from k3bundle.installer.copying import copy_range
-from k3bundle.installer.hashing import O_BINARY, HashJob
+from k3bundle.installer.format import O_BINARY, HashJob, copy_range
 
 BLOCK = 512
 RECORD = 20 * BLOCK

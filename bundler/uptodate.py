@@ -18,10 +18,9 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
+from k3bundle.bundler.cache import Cache
 from k3bundle.installer.errors import FetchError
-from k3bundle.installer.jsondoc import load_json
-
-from .cache import Cache
+from k3bundle.installer.format import load_json
 
 STAMP_FORMAT = "k3bundle-build/v1"
 

@@ -15,14 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tuple
 
-from k3bundle.installer.errors import InstallError, IntegrityError, UsageError
-from k3bundle.installer.hashing import HashJob, HashPool, sha256_file
-from k3bundle.installer.manifest import MANIFEST_NAME, SIGNATURE_NAME, Entry, Manifest
-from k3bundle.installer.parts import PARTS_FORMAT, parts_index_path
-from k3bundle.installer.signature import Signature
-
-from . import tarwrite
-from .tarwrite import (
+from k3bundle.bundler import tarwrite
+from k3bundle.bundler.tarwrite import (
     RECORD,
     PartWriter,
     Progress,
@@ -31,6 +25,19 @@ from .tarwrite import (
     tmp_name,
     write_end,
     write_small_member,
+)
+from k3bundle.installer.errors import InstallError, IntegrityError, UsageError
+from k3bundle.installer.format import (
+    MANIFEST_NAME,
+    PARTS_FORMAT,
+    SIGNATURE_NAME,
+    Entry,
+    HashJob,
+    HashPool,
+    Manifest,
+    Signature,
+    parts_index_path,
+    sha256_file,
 )
 
 FAT32_MAX = 4 * 1024**3 - 1

@@ -20,9 +20,9 @@ _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 def installer_sources() -> list[Path]:
-    """The installer's Python files, sorted."""
+    """The installer's Python files (its sub-packages included), sorted by their path in it."""
     folder = Path(k3bundle.installer.__file__).parent
-    return sorted(folder.glob("*.py"))
+    return sorted(folder.rglob("*.py"), key=lambda path: path.relative_to(folder).as_posix())
 
 
 def write_zipapp(target: Path) -> Path:
@@ -41,8 +41,10 @@ def _write(target: Path) -> Path:
         with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             _add(archive, "__main__.py", MAIN.encode())
             _add(archive, "k3bundle/__init__.py", b'"""k3bundle (standalone installer)."""\n')
+            folder = Path(k3bundle.installer.__file__).parent
             for source in installer_sources():
-                _add(archive, f"k3bundle/installer/{source.name}", source.read_bytes())
+                name = source.relative_to(folder).as_posix()
+                _add(archive, f"k3bundle/installer/{name}", source.read_bytes())
     os.chmod(tmp, 0o755)
     os.replace(tmp, target)
     return target

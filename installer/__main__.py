@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from k3bundle.installer.cli import main
 
 sys.exit(main(prog="python3 -m k3bundle.installer"))

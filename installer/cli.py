@@ -13,8 +13,8 @@ import sys
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .cli_parser import build_parser
-from .errors import (
+from k3bundle.installer.cli_parser import build_parser
+from k3bundle.installer.errors import (
     BROKEN_PIPE,
     INTERRUPTED,
     InstallError,
@@ -22,13 +22,13 @@ from .errors import (
     edge_error,
     unexpected,
 )
-from .install import install
-from .install_args import install_options, join_exec, kubeconfig_lines
-from .lifecycle import recover_root, rollback, status, uninstall
-from .progress import Progress, TextProgress
-from .service import is_host_root, is_root_user, run_command
-from .summaries import inspect_lines, status_lines, verify_lines
-from .verify import inspect_bundle, verify_bundle
+from k3bundle.installer.format.verify import inspect_bundle, verify_bundle
+from k3bundle.installer.host.install import install
+from k3bundle.installer.host.install_args import install_options, join_exec, kubeconfig_lines
+from k3bundle.installer.host.lifecycle import recover_root, rollback, status, uninstall
+from k3bundle.installer.host.service import is_host_root, is_root_user, run_command
+from k3bundle.installer.progress import Progress, TextProgress
+from k3bundle.installer.summaries import inspect_lines, status_lines, verify_lines
 
 ProgressFactory = Callable[[], Progress]
 

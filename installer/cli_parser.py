@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from .errors import EXIT_CODES
+from k3bundle.installer.errors import EXIT_CODES
 
 # The one k3bundle version: pyproject.toml reads it from here (the zipapp has no metadata).
 VERSION = "0.1.0"

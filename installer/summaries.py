@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from .progress import human_size
+from k3bundle.installer.progress import human_size
 
 
 def status_lines(summary: Dict[str, Any]) -> List[str]:

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from k3bundle.bundler import keys
 from k3bundle.bundler.writer import BundleOutput, entry_for_file, write_bundle
-from k3bundle.installer.manifest import Entry, Manifest
+from k3bundle.installer.format.manifest import Entry, Manifest
 
 VERSION = "v1.31.4+k3s1"
 BINARY_NAMES = {"amd64": "k3s", "arm64": "k3s-arm64", "arm": "k3s-armhf"}

@@ -17,7 +17,7 @@ from k3bundle.bundler import cli as bundler_cli
 from k3bundle.bundler import entry
 from k3bundle.installer import cli as installer_cli
 from k3bundle.installer.errors import BROKEN_PIPE, InstallError
-from k3bundle.installer.service import run_command
+from k3bundle.installer.host.service import run_command
 from tests.helpers import KeyFiles, make_bundle, make_keys, snapshot
 
 K3BUNDLE = str(Path(sys.executable).parent / "k3bundle")

@@ -13,7 +13,7 @@ import pytest
 
 from k3bundle.bundler import keys
 from k3bundle.bundler.writer import BundleOutput, write_bundle
-from k3bundle.installer.manifest import Manifest
+from k3bundle.installer.format.manifest import Manifest
 from tests.helpers import VERSION, KeyFiles, make_bundle, make_keys, make_payload, run_k3bundle
 
 SPLIT = 100_000

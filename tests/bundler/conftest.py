@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from k3bundle.bundler.build_cli import build_command
 from k3bundle.installer.errors import K3BundleError
-from k3bundle.installer.verify import inspect_bundle
+from k3bundle.installer.format.verify import inspect_bundle
 from tests.helpers import KeyFiles, make_keys
 from tests.release_server import ReleaseServer, generate_release
 

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from k3bundle.bundler import build as build_module
-from k3bundle.installer.manifest import arch_from_machine
+from k3bundle.installer.format.manifest import arch_from_machine
 from tests.helpers import KeyFiles, run_k3bundle
 from tests.release_server import ReleaseServer
 

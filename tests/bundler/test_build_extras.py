@@ -21,9 +21,9 @@ import yaml
 from click.testing import CliRunner
 
 from k3bundle.bundler.build_cli import build_command
-from k3bundle.bundler.extras import parse_images
+from k3bundle.bundler.payloads.extras import parse_images
 from k3bundle.installer.errors import K3BundleError
-from k3bundle.installer.verify import inspect_bundle
+from k3bundle.installer.format.verify import inspect_bundle
 from tests.bundler.conftest import VERSION, bundle_path
 from tests.bundler.test_charts import Repo, push_chart
 from tests.bundler.test_images import LoggedRegistry

@@ -16,12 +16,12 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from k3bundle.bundler.cache import Cache
-from k3bundle.bundler.charts import ChartSpec, fetch_chart
-from k3bundle.bundler.fetch import Download, Fetcher, FetchSettings
-from k3bundle.bundler.images import pull
-from k3bundle.bundler.limits import MAX_TEXT
-from k3bundle.bundler.reference import parse_reference
-from k3bundle.bundler.registry import OCI_INDEX, OCI_MANIFEST, RegistryClient
+from k3bundle.bundler.net.fetch import Download, Fetcher, FetchSettings
+from k3bundle.bundler.net.limits import MAX_TEXT
+from k3bundle.bundler.oci.reference import parse_reference
+from k3bundle.bundler.oci.registry import OCI_INDEX, OCI_MANIFEST, RegistryClient
+from k3bundle.bundler.payloads.charts import ChartSpec, fetch_chart
+from k3bundle.bundler.payloads.images import pull
 from k3bundle.installer.errors import FetchError, K3BundleError
 from tests.bundler.crafted import Answer, CraftedServer, digest_of, json_answer, self_signed
 

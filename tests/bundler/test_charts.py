@@ -23,7 +23,9 @@ import requests
 import yaml
 
 from k3bundle.bundler.cache import Cache
-from k3bundle.bundler.charts import (
+from k3bundle.bundler.net.fetch import Fetcher, FetchSettings
+from k3bundle.bundler.oci.registry import RegistryClient
+from k3bundle.bundler.payloads.charts import (
     CHART_LAYER,
     ChartSpec,
     FetchedChart,
@@ -35,8 +37,6 @@ from k3bundle.bundler.charts import (
     oci_reference,
     parse_chart_flag,
 )
-from k3bundle.bundler.fetch import Fetcher, FetchSettings
-from k3bundle.bundler.registry import RegistryClient
 from k3bundle.installer.errors import FetchError, IntegrityError, UsageError
 from tests.oci_registry import (
     OCI_MANIFEST,

@@ -21,15 +21,15 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from k3bundle.bundler import credentials
 from k3bundle.bundler.build_cli import build_command
-from k3bundle.bundler.credentials import LoginStore, auth_files, read_auth_file
-from k3bundle.bundler.fetch import FetchSettings
-from k3bundle.bundler.reference import parse_reference
-from k3bundle.bundler.registry import RegistryClient
+from k3bundle.bundler.net.fetch import FetchSettings
+from k3bundle.bundler.oci import credentials
+from k3bundle.bundler.oci.credentials import LoginStore, auth_files, read_auth_file
+from k3bundle.bundler.oci.reference import parse_reference
+from k3bundle.bundler.oci.registry import RegistryClient
 from k3bundle.bundler.site_config import default_path
 from k3bundle.installer.errors import FetchError, K3BundleError, UsageError
-from k3bundle.installer.verify import inspect_bundle
+from k3bundle.installer.format.verify import inspect_bundle
 from tests.bundler.conftest import bundle_path
 from tests.helpers import KeyFiles, run_k3bundle
 from tests.oci_registry import (  # noqa: F401 - tls_registry is a fixture

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import pytest
 
 from k3bundle.bundler.cache import Cache
-from k3bundle.bundler.fetch import Download, Fetcher, FetchEvents, FetchSettings, NotFoundError
+from k3bundle.bundler.net.fetch import Download, Fetcher, FetchEvents, FetchSettings, NotFoundError
 from k3bundle.installer.errors import FetchError, IntegrityError
 from tests.helpers import run_k3bundle
 from tests.release_server import ReleaseServer

@@ -16,7 +16,7 @@ import yaml
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from k3bundle.bundler.reference import Reference, parse_reference
+from k3bundle.bundler.oci.reference import Reference, parse_reference
 from k3bundle.bundler.spec import Spec, load_spec
 from k3bundle.installer.errors import UsageError
 

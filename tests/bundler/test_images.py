@@ -18,8 +18,10 @@ import pytest
 import zstandard
 
 from k3bundle.bundler.cache import Cache
-from k3bundle.bundler.fetch import FetchSettings
-from k3bundle.bundler.images import (
+from k3bundle.bundler.net.fetch import FetchSettings
+from k3bundle.bundler.oci.reference import parse_reference
+from k3bundle.bundler.oci.registry import Fetched, RegistryClient
+from k3bundle.bundler.payloads.images import (
     NAME_ANNOTATION,
     REF_ANNOTATION,
     PulledImage,
@@ -29,8 +31,6 @@ from k3bundle.bundler.images import (
     select_manifest,
     write_archive,
 )
-from k3bundle.bundler.reference import parse_reference
-from k3bundle.bundler.registry import Fetched, RegistryClient
 from k3bundle.installer.errors import FetchError, IntegrityError
 from tests.oci_registry import (
     DOCKER_MANIFEST,

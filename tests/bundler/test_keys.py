@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from k3bundle.bundler import keys
 from k3bundle.installer.errors import TrustError, UsageError
-from k3bundle.installer.signature import parse_signature, public_key_from_pem, verify
+from k3bundle.installer.format.signature import parse_signature, public_key_from_pem, verify
 from tests.helpers import run_k3bundle
 
 PASSPHRASE_ENV = "K3BUNDLE_KEY_PASSPHRASE"

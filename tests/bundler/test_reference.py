@@ -6,7 +6,7 @@ from typing import Optional
 
 import pytest
 
-from k3bundle.bundler.reference import Reference, parse_reference
+from k3bundle.bundler.oci.reference import Reference, parse_reference
 from k3bundle.installer.errors import UsageError
 
 DIGEST = "sha256:" + "ab" * 32

@@ -14,10 +14,10 @@ from typing import Any, Iterator, List, Optional, Tuple
 import pytest
 
 from k3bundle.bundler.cache import Cache
-from k3bundle.bundler.credentials import docker_config_auths, parse_registry_auth
-from k3bundle.bundler.fetch import FetchSettings, NotFoundError
-from k3bundle.bundler.reference import Reference, parse_reference
-from k3bundle.bundler.registry import (
+from k3bundle.bundler.net.fetch import FetchSettings, NotFoundError
+from k3bundle.bundler.oci.credentials import docker_config_auths, parse_registry_auth
+from k3bundle.bundler.oci.reference import Reference, parse_reference
+from k3bundle.bundler.oci.registry import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     OCI_INDEX,

@@ -8,8 +8,8 @@ from typing import Any, Callable, Dict, List, Tuple
 import pytest
 import requests
 
-from k3bundle.bundler import release
-from k3bundle.bundler.fetch import make_session
+from k3bundle.bundler.net.fetch import make_session
+from k3bundle.bundler.payloads import release
 from k3bundle.installer.errors import FetchError, UsageError
 from tests.release_server import ReleaseServer
 

@@ -13,9 +13,9 @@ import pytest
 
 from k3bundle.bundler.slicing import slice_name
 from k3bundle.installer.errors import ArchError, IntegrityError, UsageError
-from k3bundle.installer.manifest import MANIFEST_NAME, SIGNATURE_NAME
+from k3bundle.installer.format.manifest import MANIFEST_NAME, SIGNATURE_NAME
+from k3bundle.installer.format.verify import verify_bundle
 from k3bundle.installer.progress import Progress
-from k3bundle.installer.verify import verify_bundle
 from tests.helpers import KeyFiles, make_bundle, make_keys, run_k3bundle
 
 NAME = "k3s-v1.31.4-k3s1-amd64-arm64.tar"

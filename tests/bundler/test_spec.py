@@ -237,7 +237,7 @@ def test_spec_values_json_cannot_hold_are_refused_naming_the_key(
 
 
 def test_a_version_with_a_trailing_newline_is_not_a_k3s_version() -> None:
-    from k3bundle.bundler.release import check_version, parse_checksums
+    from k3bundle.bundler.payloads.release import check_version, parse_checksums
 
     with pytest.raises(UsageError, match="is not a k3s version"):
         check_version("v1.31.4+k3s1\n")

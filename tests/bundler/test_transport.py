@@ -24,10 +24,8 @@ from click.testing import CliRunner
 from k3bundle.bundler.build_cli import build_command
 from k3bundle.bundler.build_events import LogFetchEvents
 from k3bundle.bundler.cache import Cache
-from k3bundle.bundler.fetch import Download, FetchEvents
-from k3bundle.bundler.reference import parse_reference
-from k3bundle.bundler.registry import RegistryClient
-from k3bundle.bundler.transport import (
+from k3bundle.bundler.net.fetch import Download, FetchEvents
+from k3bundle.bundler.net.transport import (
     USER_AGENT,
     BoundedSession,
     FetchSettings,
@@ -35,6 +33,8 @@ from k3bundle.bundler.transport import (
     retry_after,
     retry_delay,
 )
+from k3bundle.bundler.oci.reference import parse_reference
+from k3bundle.bundler.oci.registry import RegistryClient
 from k3bundle.installer.errors import IntegrityError
 from tests.bundler.conftest import VERSION, BuildRun
 from tests.helpers import run_k3bundle

@@ -129,8 +129,8 @@ import hashlib, json, os, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from k3bundle.bundler.writer import entry_for_file, write_bundle
-from k3bundle.installer.manifest import Manifest
-from k3bundle.installer.signature import Signature
+from k3bundle.installer.format.manifest import Manifest
+from k3bundle.installer.format.signature import Signature
 out = Path(sys.argv[2])
 names = ["amd64/k3s", "amd64/" + "long-name-" * 12 + ".tar", "amd64/caf\u00e9.yaml"]
 entries, files = [], {}

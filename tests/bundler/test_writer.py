@@ -12,7 +12,7 @@ import pytest
 
 from k3bundle.bundler.writer import FAT32_MAX, BundleOutput, parse_size, write_bundle
 from k3bundle.installer.errors import UsageError
-from k3bundle.installer.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
+from k3bundle.installer.format.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
 from tests.helpers import VERSION, KeyFiles, make_bundle, make_keys, make_payload
 
 SPLIT = 100_000

@@ -18,7 +18,7 @@ import pytest
 
 from k3bundle.bundler import keys
 from k3bundle.bundler.writer import write_bundle
-from k3bundle.installer.manifest import Manifest
+from k3bundle.installer.format.manifest import Manifest
 from tests.fleet.fleet import VENV_BIN, Fleet, booted_fleet
 from tests.helpers import KeyFiles, make_standin_payload
 from tests.hosts.conftest import host_rootfs, host_signer, host_zipapp  # noqa: F401 - fixtures

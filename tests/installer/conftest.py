@@ -39,7 +39,7 @@ def outside(tmp_path: Path) -> Path:
 def no_host_iptables(monkeypatch: pytest.MonkeyPatch) -> None:
     """Host-root installs see no iptables tools unless a test says so: recorded commands must
     not depend on what the machine running the tests has installed."""
-    from k3bundle.installer import install, lifecycle
+    from k3bundle.installer.host import install, lifecycle
 
     monkeypatch.setattr(install, "xtables_tools", lambda: [])
     monkeypatch.setattr(lifecycle, "xtables_tools", lambda: [])

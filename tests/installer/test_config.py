@@ -8,7 +8,7 @@ from typing import Any, Dict
 
 import pytest
 
-from k3bundle.installer.yaml_subset import parse_yaml
+from k3bundle.installer.yaml.subset import parse_yaml
 from tests.helpers import CliResult, KeyFiles, make_bundle, make_keys, run_installer, snapshot
 
 CONFIG = "etc/rancher/k3s/config.yaml"

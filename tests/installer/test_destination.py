@@ -10,14 +10,14 @@ from typing import List, Sequence, cast
 
 import pytest
 
-from k3bundle.installer.destination import HostDestination
 from k3bundle.installer.errors import InstallError, IntegrityError
-from k3bundle.installer.layout import staged_name
-from k3bundle.installer.manifest import Entry
-from k3bundle.installer.plan import Link, Placement
-from k3bundle.installer.sources import VerifyingStream
-from k3bundle.installer.tarstream import TarStream
-from k3bundle.installer.transaction import Change, Journal
+from k3bundle.installer.format.manifest import Entry
+from k3bundle.installer.format.sources import VerifyingStream
+from k3bundle.installer.format.tarstream import TarStream
+from k3bundle.installer.host.destination import HostDestination
+from k3bundle.installer.host.layout import staged_name
+from k3bundle.installer.host.plan import Link, Placement
+from k3bundle.installer.host.transaction import Change, Journal
 from tests.helpers import snapshot
 
 DATA = b"#!/bin/sh\necho k3s\n"

@@ -8,8 +8,8 @@ from typing import Any, Callable, Dict
 import pytest
 
 from k3bundle.installer.errors import ArchError, FormatError
-from k3bundle.installer.manifest import FORMAT, Entry, Manifest, canonical_json, parse
-from k3bundle.installer.manifest_fields import MAX_ENTRY_SIZE
+from k3bundle.installer.format.manifest import FORMAT, Entry, Manifest, canonical_json, parse
+from k3bundle.installer.format.manifest_fields import MAX_ENTRY_SIZE
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64

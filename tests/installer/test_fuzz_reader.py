@@ -21,15 +21,15 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from k3bundle.installer.errors import K3BundleError, UsageError
-from k3bundle.installer.install import install
-from k3bundle.installer.manifest import Manifest, canonical_json, parse
-from k3bundle.installer.parts import resolve_parts
-from k3bundle.installer.plan import Options
+from k3bundle.installer.format.manifest import Manifest, canonical_json, parse
+from k3bundle.installer.format.parts import resolve_parts
+from k3bundle.installer.format.signature import parse_signature
+from k3bundle.installer.format.verify import describe, inspect_bundle, verify_bundle
+from k3bundle.installer.host.install import install
+from k3bundle.installer.host.plan import Options
 from k3bundle.installer.progress import Progress
-from k3bundle.installer.signature import parse_signature
 from k3bundle.installer.summaries import inspect_lines, verify_lines
-from k3bundle.installer.verify import describe, inspect_bundle, verify_bundle
-from k3bundle.installer.yaml_subset import parse_yaml
+from k3bundle.installer.yaml.subset import parse_yaml
 from tests.helpers import KeyFiles, make_bundle, make_keys, snapshot
 
 pytestmark = pytest.mark.fuzz

@@ -16,13 +16,14 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from k3bundle.installer import destination, hashing
-from k3bundle.installer.copying import COPY_CHUNK, copy_range
 from k3bundle.installer.errors import IntegrityError
-from k3bundle.installer.hashing import HashJob, HashPool
-from k3bundle.installer.manifest import Entry
+from k3bundle.installer.format import hashing
+from k3bundle.installer.format.copying import COPY_CHUNK, copy_range
+from k3bundle.installer.format.hashing import HashJob, HashPool
+from k3bundle.installer.format.manifest import Entry
+from k3bundle.installer.format.verify import verify_bundle
+from k3bundle.installer.host import destination
 from k3bundle.installer.progress import Progress
-from k3bundle.installer.verify import verify_bundle
 from tests.helpers import install_amd64, installed, make_bundle, make_keys, make_payload, snapshot
 
 DATA = os.urandom(3 * COPY_CHUNK + 12345)  # several copy steps and a ragged end

@@ -10,7 +10,7 @@ import pytest
 
 from k3bundle.bundler import keys
 from k3bundle.bundler.writer import entry_for_file, write_bundle
-from k3bundle.installer.manifest import Manifest
+from k3bundle.installer.format.manifest import Manifest
 from tests.helpers import VERSION, KeyFiles, make_bundle, make_payload, run_installer, snapshot
 
 NEW_VERSION = "v1.32.0+k3s1"

@@ -13,9 +13,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
-from k3bundle.installer import install as install_module
 from k3bundle.installer.errors import IntegrityError
-from k3bundle.installer.plan import Options
+from k3bundle.installer.host import install as install_module
+from k3bundle.installer.host.plan import Options
 from k3bundle.installer.progress import Progress
 from tests.helpers import KeyFiles, make_bundle, make_keys, run_k3bundle, snapshot
 

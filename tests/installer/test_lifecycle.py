@@ -10,10 +10,10 @@ from typing import Any, Dict, List, Set, Tuple
 
 import pytest
 
-from k3bundle.installer import install as install_module
-from k3bundle.installer import lifecycle
 from k3bundle.installer.errors import InstallError, UsageError
-from k3bundle.installer.plan import Options
+from k3bundle.installer.host import install as install_module
+from k3bundle.installer.host import lifecycle
+from k3bundle.installer.host.plan import Options
 from k3bundle.installer.progress import Progress
 from tests.helpers import (
     VERSION,

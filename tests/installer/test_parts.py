@@ -14,10 +14,10 @@ import pytest
 
 from k3bundle.installer import cli as installer_cli
 from k3bundle.installer.errors import FormatError, IntegrityError
-from k3bundle.installer.hashing import HashPool, PartJob, Segment
-from k3bundle.installer.manifest import parse
-from k3bundle.installer.parts import MAX_INDEX_BYTES, resolve_parts
-from k3bundle.installer.sources import BundleSource
+from k3bundle.installer.format.hashing import HashPool, PartJob, Segment
+from k3bundle.installer.format.manifest import parse
+from k3bundle.installer.format.parts import MAX_INDEX_BYTES, resolve_parts
+from k3bundle.installer.format.sources import BundleSource
 from tests.helpers import KeyFiles, make_bundle, make_keys, run_k3bundle
 
 SPLIT = 100_000

@@ -9,8 +9,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Set
 import pytest
 
 from k3bundle.installer.errors import ArchError, UsageError
-from k3bundle.installer.manifest import Entry, Manifest
-from k3bundle.installer.plan import (
+from k3bundle.installer.format.manifest import Entry, Manifest
+from k3bundle.installer.host.plan import (
     RECORD_FORMAT,
     RECORD_PATH,
     Link,
@@ -20,7 +20,7 @@ from k3bundle.installer.plan import (
     plan_install,
     target_of,
 )
-from k3bundle.installer.record import Record, parse_record
+from k3bundle.installer.host.record import Record, parse_record
 
 BUNDLE_ID = "ab" * 32
 IMAGES = "/var/lib/rancher/k3s/agent/images"

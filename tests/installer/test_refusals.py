@@ -25,8 +25,8 @@ from k3bundle.installer.errors import (
     IntegrityError,
     TrustError,
 )
-from k3bundle.installer.manifest import MANIFEST_NAME, SIGNATURE_NAME, canonical_json
-from k3bundle.installer.signature import Signature, parse_signature
+from k3bundle.installer.format.manifest import MANIFEST_NAME, SIGNATURE_NAME, canonical_json
+from k3bundle.installer.format.signature import Signature, parse_signature
 from tests.helpers import KeyFiles, make_bundle, make_keys, run_k3bundle, snapshot
 
 FORMAT_EXIT = FormatError.exit_code

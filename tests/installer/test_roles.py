@@ -10,10 +10,10 @@ import pytest
 
 from k3bundle.bundler import keys
 from k3bundle.bundler.writer import entry_for_file, write_bundle
-from k3bundle.installer import install as install_module
 from k3bundle.installer.errors import UsageError
-from k3bundle.installer.manifest import Manifest
-from k3bundle.installer.plan import Options
+from k3bundle.installer.format.manifest import Manifest
+from k3bundle.installer.host import install as install_module
+from k3bundle.installer.host.plan import Options
 from k3bundle.installer.progress import Progress
 from tests.helpers import (
     VERSION,

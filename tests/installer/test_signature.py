@@ -16,8 +16,8 @@ import pytest
 from k3bundle.bundler import keys
 from k3bundle.bundler.writer import write_bundle
 from k3bundle.installer.errors import FormatError, TrustError
-from k3bundle.installer.manifest import MANIFEST_NAME, SIGNATURE_NAME, parse
-from k3bundle.installer.signature import (
+from k3bundle.installer.format.manifest import MANIFEST_NAME, SIGNATURE_NAME, parse
+from k3bundle.installer.format.signature import (
     Signature,
     key_id_of,
     parse_signature,
@@ -192,7 +192,7 @@ def test_verify_openssl_accepts_the_right_signature_and_refuses_others(key: KeyF
 def test_verify_openssl_without_openssl_says_what_to_install(
     key: KeyFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("k3bundle.installer.signature.shutil.which", lambda name: None)
+    monkeypatch.setattr("k3bundle.installer.format.signature.shutil.which", lambda name: None)
     public = public_key_from_pem(key.public.read_bytes(), "key")
     with pytest.raises(TrustError, match="openssl") as caught:
         verify_openssl(public, b"m", b"\0" * 64)

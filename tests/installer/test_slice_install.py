@@ -13,8 +13,8 @@ import pytest
 
 from k3bundle.bundler.slicing import slice_bundle
 from k3bundle.installer.errors import ArchError, FormatError, IntegrityError
-from k3bundle.installer.manifest import MANIFEST_NAME, SIGNATURE_NAME, parse
-from k3bundle.installer.slices import decide_holding
+from k3bundle.installer.format.manifest import MANIFEST_NAME, SIGNATURE_NAME, parse
+from k3bundle.installer.format.slices import decide_holding
 from tests.helpers import KeyFiles, make_bundle, run_installer, run_k3bundle, snapshot
 from tests.test_zipapp import Interpreter, pyz, run, stdlib_python  # noqa: F401 - fixtures
 

@@ -13,7 +13,7 @@ from typing import Any, Dict
 import pytest
 
 from k3bundle.installer.errors import InstallError
-from k3bundle.installer.record import Record, RecordError, parse_record
+from k3bundle.installer.host.record import Record, RecordError, parse_record
 from tests.helpers import KeyFiles, installed, run_installer, snapshot
 from tests.helpers import install_amd64 as install
 

@@ -9,9 +9,9 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from k3bundle.installer.layout import folder_mode
-from k3bundle.installer.service import XTABLES_CLEANUP, restart_commands, xtables_tools
-from k3bundle.installer.units import (
+from k3bundle.installer.host.layout import folder_mode
+from k3bundle.installer.host.service import XTABLES_CLEANUP, restart_commands, xtables_tools
+from k3bundle.installer.host.units import (
     env_from_environment,
     render_env,
     render_killall,

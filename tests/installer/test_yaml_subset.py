@@ -10,9 +10,9 @@ from typing import Any, Dict
 import pytest
 import yaml
 
-from k3bundle.installer.config import dump_yaml
 from k3bundle.installer.errors import UsageError
-from k3bundle.installer.yaml_subset import load_config_file, parse_yaml
+from k3bundle.installer.host.config import dump_yaml
+from k3bundle.installer.yaml.subset import load_config_file, parse_yaml
 
 
 def parse(text: str) -> Dict[str, Any]:

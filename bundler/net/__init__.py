@@ -1,0 +1,1 @@
+"""HTTP for everything the builder fetches: one bounded, retrying, resuming transport."""

@@ -1,0 +1,298 @@
+"""Downloads behind one seam: one requests session, bounded timeouts and retries, resume, hashing.
+
+Every file is streamed to a partial file in the cache while it is hashed, resumed with an HTTP
+Range request after a dropped connection (or restarted when the server ignores Range), retried a
+bounded number of times with backoff on connection errors, 5xx and 429, and admitted into the
+cache only when its sha256 matches the expected one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, Optional, Sequence, Set
+
+import requests
+
+from k3bundle.bundler.cache import Cache
+from k3bundle.bundler.net.limits import (
+    MAX_RELEASE_FILE,
+    MAX_TEXT,
+    REDIRECT_ERRORS,
+    read_bounded,
+    redirect_error,
+    too_large,
+)
+from k3bundle.bundler.net.transport import (
+    RETRY_STATUS,
+    TRANSIENT,
+    USER_AGENT,
+    Cancel,
+    FetchSettings,
+    Tally,
+    make_session,
+    retry_after,
+    retry_delay,
+    run_parallel,
+    stream_body,
+)
+from k3bundle.installer.errors import FetchError, IntegrityError
+
+__all__ = ["USER_AGENT", "FetchSettings", "make_session"]  # their home is bundler/net/transport.py
+
+CHUNK = 1 << 20
+DEFAULT_SETTINGS = FetchSettings()
+
+
+@dataclass(frozen=True)
+class Download:
+    """One file to fetch: where from, the sha256 it must have, and at most how many bytes."""
+
+    url: str
+    sha256: str
+    name: str
+    max_size: int = MAX_RELEASE_FILE  # the declared size when one is known (a chart's layer)
+
+
+class FetchEvents:
+    """Callbacks for progress; silent by default, the CLI draws bars from them."""
+
+    def planned(self, downloads: Sequence[Download]) -> None:
+        """These files will be fetched (or taken from the cache)."""
+
+    def started(self, download: Download, total: Optional[int], done: int) -> None:
+        """A transfer began (or resumed at `done` bytes)."""
+
+    def advanced(self, download: Download, count: int) -> None:
+        """`count` more bytes arrived."""
+
+    def finished(self, download: Download, cached: bool) -> None:
+        """The file is verified and in the cache (`cached`: no transfer was needed)."""
+
+    def retrying(self, download: Download, reason: str, delay: float) -> None:
+        """A transfer failed transiently and will be retried after `delay` seconds."""
+
+    def retried(self, download: Download, attempt: int, reason: str, delay: float) -> None:
+        """Attempt number `attempt` failed; by default the same as `retrying`."""
+        self.retrying(download, reason, delay)
+
+
+class NotFoundError(FetchError):
+    """The server says the file does not exist (HTTP 404)."""
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, delay: Optional[float] = None) -> None:
+        super().__init__(reason)
+        self.reason, self.delay = reason, delay
+
+
+class Fetcher:
+    """Fetches verified files into a Cache, in parallel, resuming where transfers broke off."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        settings: FetchSettings = DEFAULT_SETTINGS,
+        events: Optional[FetchEvents] = None,
+        session_factory: Callable[[], requests.Session] = make_session,
+        sleep: Optional[Callable[[float], None]] = None,
+        cancel: Optional[Cancel] = None,
+    ) -> None:
+        self.cache, self.settings = cache, settings
+        self.events = events or FetchEvents()
+        self._local = threading.local()
+        self.cancel = cancel or Cancel()  # shared with the registry clients of the same build
+        self._session_factory = session_factory
+        self._sleep = sleep or self.cancel.sleep  # a backoff ends at once on Ctrl-C
+        self.tally = Tally()
+        self.downloaded: Set[str] = set()  # sha256s fetched (and verified) by this run
+
+    @property
+    def transferred(self) -> int:
+        """Bytes received so far, by this Fetcher and the registry clients sharing its tally."""
+        return self.tally.total
+
+    def _session(self) -> requests.Session:
+        # requests sessions are not thread-safe: one per worker thread.
+        if not hasattr(self._local, "session"):
+            self._local.session = self._session_factory()
+            if self.settings.ca_file:
+                self._local.session.verify = self.settings.ca_file
+        session: requests.Session = self._local.session
+        return session
+
+    def get_text(self, url: str, max_bytes: int = MAX_TEXT) -> str:
+        """A small UTF-8 text file (a checksum file) of at most `max_bytes`, with the same retry
+        rules as downloads."""
+        for attempt in self._attempts(url):
+            try:
+                data = self._get_bytes_once(url, max_bytes)
+            except _Retry as retry:
+                self._pause(attempt, url, retry)
+                continue
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise FetchError(f"{url} is not UTF-8 text", "Check the URL.") from None
+        raise AssertionError("unreachable")
+
+    def _get_bytes_once(self, url: str, max_bytes: int) -> bytes:
+        try:
+            get = self._session().get
+            with get(url, stream=True, timeout=self.settings.timeout) as response:
+                self._check_status(response, url)
+                return read_bounded(response, max_bytes, url)
+        except REDIRECT_ERRORS as exc:
+            raise redirect_error(url, exc) from None
+        except TRANSIENT as exc:
+            raise _Retry(f"{type(exc).__name__}: {exc}") from None
+
+    def fetch_all(self, downloads: Sequence[Download]) -> Dict[str, Path]:
+        """Fetch every download (in parallel, --jobs at once); return {sha256: cached path}."""
+        unique = list({d.sha256: d for d in downloads}.values())
+        self.events.planned(unique)
+        paths = run_parallel(self.fetch, unique, self.settings.jobs, self.cancel)
+        return {d.sha256: p for d, p in zip(unique, paths)}
+
+    def fetch(self, download: Download) -> Path:
+        """One verified file in the cache: from the cache when present, else downloaded."""
+        cached = self.cache.lookup(download.sha256)
+        if cached is None and self.settings.offline:
+            raise FetchError(
+                f"--offline: {download.name} (sha256 {download.sha256[:12]}…) is not in the cache "
+                f"{self.cache.root}",
+                "Run the same build once with network access to fill the cache.",
+            )
+        if cached is None:
+            with self.cache.downloading(download.sha256) as partial:
+                # another thread or build may have admitted it while we waited
+                cached = self.cache.lookup(download.sha256)
+                if cached is None:
+                    return self._fetch_into(download, partial)
+        self.events.finished(download, cached=True)
+        return cached
+
+    def _fetch_into(self, download: Download, partial: Path) -> Path:
+        for attempt in self._attempts(download.url):
+            try:
+                return self._transfer(download, partial)
+            except _Retry as retry:
+                self._pause(attempt, download.url, retry, download)
+        raise AssertionError("unreachable")
+
+    def _attempts(self, url: str) -> Iterator[int]:
+        yield from range(self.settings.retries + 1)
+
+    def _pause(
+        self, attempt: int, url: str, retry: _Retry, download: Optional[Download] = None
+    ) -> None:
+        self.cancel.check()  # a transfer cut short by Ctrl-C is not retried
+        if attempt >= self.settings.retries:
+            raise FetchError(
+                f"giving up on {url} after {attempt + 1} attempts: {retry.reason}",
+                "Check the network or the mirror, then build again: finished files are cached "
+                "and an interrupted one resumes where it stopped.",
+            )
+        delay = retry_delay(self.settings, attempt, retry.delay)
+        about = download or Download(url, "", url.rsplit("/", 1)[-1])
+        self.events.retried(about, attempt + 1, retry.reason, delay)
+        self._sleep(delay)
+
+    def _check_status(self, response: requests.Response, url: str) -> None:
+        if response.status_code in RETRY_STATUS:
+            raise _Retry(f"HTTP {response.status_code}", retry_after(response))
+        if response.status_code == 404:
+            raise NotFoundError(
+                f"not found: {url} (HTTP 404)", "Check the version, architecture and --release-url."
+            )
+        if response.status_code >= 400:
+            raise FetchError(
+                f"{url} answered HTTP {response.status_code}",
+                "Check the URL and your access to it.",
+            )
+
+    def _transfer(self, download: Download, partial: Path) -> Path:
+        have = partial.stat().st_size if partial.exists() else 0
+        have = have if have <= download.max_size else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            with self._session().get(
+                download.url, headers=headers, stream=True, timeout=self.settings.timeout
+            ) as response:
+                if response.status_code == 416:
+                    partial.unlink()
+                    raise _Retry("the server refused to resume (HTTP 416); starting over", 0)
+                self._check_status(response, download.url)
+                resumed = have > 0 and response.status_code == 206
+                with self.cancel.watching(response):
+                    return self._stream(download, response, partial, have if resumed else 0)
+        except REDIRECT_ERRORS as exc:
+            raise redirect_error(download.url, exc) from None
+        except TRANSIENT as exc:
+            raise _Retry(f"{type(exc).__name__}: {exc}") from None
+
+    def _stream(
+        self, download: Download, response: requests.Response, partial: Path, offset: int
+    ) -> Path:
+        digest = hash_prefix(partial, offset)
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else None
+        limit = min(download.max_size, total if total is not None else download.max_size)
+        if total is not None and total > download.max_size:
+            partial.unlink(missing_ok=True)
+            raise too_large(download.url, download.max_size)
+        self.events.started(download, total, offset)
+        written = self._write(download, response, partial, offset, limit, digest)
+        if written > limit:  # stopped one buffer past the bound: nothing of it is kept
+            partial.unlink()
+            raise too_large(download.url, limit)
+        return self._admit(download, partial, digest.hexdigest())
+
+    def _write(
+        self,
+        download: Download,
+        response: requests.Response,
+        partial: Path,
+        offset: int,
+        limit: int,
+        digest: hashlib._Hash,
+    ) -> int:
+        """Append the body to `partial` from `offset`, stopping one byte past `limit`."""
+
+        def received(count: int) -> None:
+            self.tally.add(count)
+            self.events.advanced(download, count)
+
+        return stream_body(response, partial, offset, limit, digest, self.cancel, received)
+
+    def _admit(self, download: Download, partial: Path, actual: str) -> Path:
+        if actual != download.sha256:
+            partial.unlink()
+            raise IntegrityError(
+                f"checksum mismatch for {download.url}: "
+                f"expected sha256 {download.sha256}, got {actual}",
+                "The download or the mirror is corrupt; nothing was cached. Build again, or check "
+                "the mirror against upstream's sha256sum file.",
+            )
+        path = self.cache.admit(partial, download.sha256)
+        self.downloaded.add(download.sha256)
+        self.events.finished(download, cached=False)
+        return path
+
+
+def hash_prefix(path: Path, size: int) -> hashlib._Hash:
+    """A sha256 object fed the first `size` bytes of `path` (to resume a partial download)."""
+    digest = hashlib.sha256()
+    if size:
+        with open(path, "rb") as handle:
+            left = size
+            while left:
+                chunk = handle.read(min(CHUNK, left))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                left -= len(chunk)
+    return digest

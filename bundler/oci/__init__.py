@@ -1,0 +1,1 @@
+"""OCI registries: references, mirrors, credentials, tokens and the registry client."""
