@@ -12,21 +12,16 @@ bounds helm's own loader uses (5 MiB a file, 100 MiB unpacked); YAML without anc
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import os
 import re
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import (
-    IO,
     Any,
     Callable,
     Dict,
@@ -37,36 +32,29 @@ from typing import (
     Set,
     Tuple,
     Union,
-    cast,
 )
 
-from k3bundle.bundler.net.netyaml import load_untrusted_yaml
 from k3bundle.bundler.oci.reference import parse_reference
-from k3bundle.installer.errors import FetchError, K3BundleError, UsageError
+from k3bundle.bundler.payloads.chart_package import (
+    Budget,
+    Chart,
+    ChartArchiveError,
+    LoadYaml,
+    load_chart,
+    read_chart,
+    safe_load_yaml,
+)
+from k3bundle.installer.errors import K3BundleError, UsageError
 
 ANNOTATION, VALUES, HELM_TEMPLATE = "annotation", "values", "helm-template"
 SOURCES = (ANNOTATION, VALUES, HELM_TEMPLATE)
 IMAGES_ANNOTATION = "artifacthub.io/images"
-MAX_FILE = 5 << 20  # helm's MaxDecompressedFileSize
-MAX_UNPACKED = 100 << 20  # helm's MaxDecompressedChartSize, here for the whole chart tree
-MAX_MEMBERS = 10_000
-MAX_DEPTH = 4  # charts/ inside charts/ inside ...
 MAX_RENDERED = 64 << 20  # what `helm template` may print
 HELM_TIMEOUT = 120.0
-LoadYaml = Callable[[str, str], Any]
 Normalize = Callable[[str], str]
-_KEPT = re.compile(
-    r"(?:charts/[^/]+/)*(?:Chart\.yaml|values\.yaml|requirements\.yaml|charts/[^/]+\.tgz)"
-)
 _CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
 _DOC_SPLIT = re.compile(r"^---[ \t]*$", re.MULTILINE)
 _SOURCE_LINE = re.compile(r"^# Source: (.+)$", re.MULTILINE)
-
-
-class ChartArchiveError(FetchError):
-    """A chart package that is not a well-formed, bounded Helm chart archive."""
-
-    default_hint = "Check the chart's source (repository, version), or package it again with helm."
 
 
 @dataclass(frozen=True)
@@ -129,9 +117,9 @@ def discover_chart_images(
     norm = normalize or normalize_reference
     if values is not None and not isinstance(values, Mapping):
         raise UsageError("chart values must be a mapping (key: value), not a list or a scalar")
-    data = _read_chart(chart)
+    data = read_chart(chart)
     name = label or (chart.name if isinstance(chart, Path) else "the chart package")
-    top = _load_chart(data, name, "", load, _Budget(), 0)
+    top = load_chart(data, name, "", load, Budget(), 0)
     found = _Found(top.name, norm)
     merged = _deep_merge(top.values, dict(values or {}))
     for scoped in _scopes(top, merged, (), found):
@@ -143,195 +131,9 @@ def discover_chart_images(
     return found.result(top, skipped)
 
 
-def safe_load_yaml(text: str, where: str) -> Any:
-    """YAML without anchors or aliases (an alias bomb expands to gigabytes); ChartArchiveError."""
-    return load_untrusted_yaml(text, f"{where} is not usable YAML", ChartArchiveError)
-
-
 def normalize_reference(text: str) -> str:
     """`nginx:1.25` -> `docker.io/library/nginx:1.25`, as containerd names it; UsageError if bad."""
     return parse_reference(text).name
-
-
-# --- the chart package ------------------------------------------------------------------------
-
-
-@dataclass
-class _Budget:
-    """What the whole chart tree may still unpack, shared by nested packages."""
-
-    left: int = MAX_UNPACKED
-    members: int = MAX_MEMBERS
-
-
-@dataclass(frozen=True)
-class _Chart:
-    """One chart of the tree: its Chart.yaml, values.yaml and subcharts, and where it sits."""
-
-    meta: Dict[str, Any]
-    values: Dict[str, Any]
-    subcharts: Tuple[_Chart, ...]
-    where: str  # for errors: "LABEL/charts/SUB"
-    rel: str  # for misses: "" or "charts/SUB/"
-
-    @property
-    def name(self) -> str:
-        """Chart.yaml's name."""
-        return str(self.meta["name"])
-
-    @property
-    def app_version(self) -> str:
-        """Chart.yaml's appVersion, or ''."""
-        app = self.meta.get("appVersion")
-        return "" if app is None or isinstance(app, bool) else str(app).strip()
-
-
-def _read_chart(chart: Union[bytes, Path]) -> bytes:
-    if isinstance(chart, bytes):
-        return chart
-    try:
-        with open(chart, "rb") as handle:
-            data = handle.read(MAX_UNPACKED + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read chart {chart}: {exc.strerror or exc}") from None
-    if len(data) > MAX_UNPACKED:
-        raise ChartArchiveError(f"chart {chart} is larger than {MAX_UNPACKED >> 20} MiB")
-    return data
-
-
-def _load_chart(
-    data: bytes, where: str, rel: str, load: LoadYaml, budget: _Budget, depth: int
-) -> _Chart:
-    if depth > MAX_DEPTH:
-        raise ChartArchiveError(f"{where}: subcharts nest deeper than {MAX_DEPTH} levels")
-    if data[:2] != b"\x1f\x8b":
-        raise ChartArchiveError(f"{where} is not a gzip'd tar (a Helm chart package is a .tgz)")
-    try:
-        files = _kept_members(data, where, budget)
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise ChartArchiveError(f"{where} is not a readable chart package: {exc}") from None
-    return _chart_at(files, "", where, rel, load, budget, depth)
-
-
-class _Bounded:
-    """A read() that stops the whole tree at budget.left decompressed bytes."""
-
-    def __init__(self, raw: IO[bytes], budget: _Budget, where: str) -> None:
-        self._raw, self._budget, self._where = raw, budget, where
-
-    def read(self, size: int = -1) -> bytes:
-        """Up to `size` bytes, counted against the budget."""
-        data = self._raw.read(size if size >= 0 else self._budget.left + 1)
-        self._budget.left -= len(data)
-        if self._budget.left < 0:
-            raise ChartArchiveError(f"{self._where} unpacks to more than {MAX_UNPACKED >> 20} MiB")
-        return data
-
-
-def _kept_members(data: bytes, where: str, budget: _Budget) -> Dict[str, bytes]:
-    """Chart.yaml, values.yaml, requirements.yaml and charts/*.tgz of the tree, by chart path."""
-    files: Dict[str, bytes] = {}
-    top: Optional[str] = None
-    raw = cast(IO[bytes], gzip.GzipFile(fileobj=io.BytesIO(data)))
-    stream = _Bounded(raw, budget, where)
-    with tarfile.open(fileobj=cast(IO[bytes], stream), mode="r|") as tar:
-        for member in tar:
-            budget.members -= 1
-            if budget.members < 0:
-                raise ChartArchiveError(f"{where} has more than {MAX_MEMBERS} members")
-            parts = _member_parts(member, where)
-            top = top or parts[0]
-            if parts[0] != top:
-                raise ChartArchiveError(f"{where} has more than one top folder ({top}, {parts[0]})")
-            rel = "/".join(parts[1:])
-            if member.isdir() or not _KEPT.fullmatch(rel):
-                continue
-            if rel in files:
-                raise ChartArchiveError(f"{where} holds {top}/{rel} twice")
-            handle = tar.extractfile(member)
-            files[rel] = handle.read() if handle else b""
-    return files
-
-
-def _member_parts(member: tarfile.TarInfo, where: str) -> List[str]:
-    name = member.name
-    parts = [part for part in name.split("/") if part not in ("", ".")]
-    if not parts or name.startswith("/") or "\\" in name or ".." in parts:
-        raise ChartArchiveError(f"{where} has a member with an unsafe path: {name[:200]!r}")
-    if not (member.isfile() or member.isdir()):
-        raise ChartArchiveError(f"{where}: {name[:200]!r} is a link or a device, not a file")
-    if member.isfile() and len(parts) < 2:
-        raise ChartArchiveError(f"{where}: {name[:200]!r} lies outside the chart's top folder")
-    if member.size > MAX_FILE:
-        raise ChartArchiveError(
-            f"{where}: {name[:200]!r} is {member.size} bytes, over helm's {MAX_FILE >> 20} MiB"
-        )
-    return parts
-
-
-def _chart_at(
-    files: Dict[str, bytes],
-    prefix: str,
-    where: str,
-    rel: str,
-    load: LoadYaml,
-    budget: _Budget,
-    depth: int,
-) -> _Chart:
-    meta = _yaml_map(files, prefix + "Chart.yaml", where, load)
-    if meta is None:
-        raise ChartArchiveError(f"{where} has no Chart.yaml in its top folder")
-    if not isinstance(meta.get("name"), str) or not meta["name"]:
-        raise ChartArchiveError(f"{where}: Chart.yaml has no name")
-    requirements = _yaml_map(files, prefix + "requirements.yaml", where, load) or {}
-    if "dependencies" not in meta and isinstance(requirements.get("dependencies"), list):
-        meta["dependencies"] = requirements["dependencies"]  # apiVersion v1 charts
-    values = _yaml_map(files, prefix + "values.yaml", where, load) or {}
-    return _Chart(
-        meta, values, _subcharts(files, prefix, where, rel, load, budget, depth), where, rel
-    )
-
-
-def _subcharts(
-    files: Dict[str, bytes],
-    prefix: str,
-    where: str,
-    rel: str,
-    load: LoadYaml,
-    budget: _Budget,
-    depth: int,
-) -> Tuple[_Chart, ...]:
-    """charts/NAME.tgz (a nested package) and charts/NAME/ (a folder), in name order."""
-    inner = prefix + "charts/"
-    entries = sorted({r[len(inner) :].split("/")[0] for r in files if r.startswith(inner)})
-    if entries and depth + 1 > MAX_DEPTH:
-        raise ChartArchiveError(f"{where}: subcharts nest deeper than {MAX_DEPTH} levels")
-    subs: List[_Chart] = []
-    for entry in entries:
-        at, at_rel = f"{where}/charts/{entry}", f"{rel}charts/{entry}/"
-        if inner + entry in files:
-            subs.append(_load_chart(files[inner + entry], at, at_rel, load, budget, depth + 1))
-        else:
-            folder = f"{inner}{entry}/"
-            subs.append(_chart_at(files, folder, at, at_rel, load, budget, depth + 1))
-    return tuple(subs)
-
-
-def _yaml_map(
-    files: Dict[str, bytes], rel: str, where: str, load: LoadYaml
-) -> Optional[Dict[str, Any]]:
-    if rel not in files:
-        return None
-    try:
-        text = files[rel].decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ChartArchiveError(f"{where}: {rel} is not UTF-8") from None
-    parsed = load(text, f"{where}: {rel}")
-    if parsed is None:
-        return {}
-    if not isinstance(parsed, dict):
-        raise ChartArchiveError(f"{where}: {rel} is not a mapping")
-    return parsed
 
 
 # --- values: scoping, merging, image shapes ---------------------------------------------------
@@ -341,7 +143,7 @@ def _yaml_map(
 class _Scoped:
     """A chart of the tree with the values it renders with and its path in the top values."""
 
-    chart: _Chart
+    chart: Chart
     values: Dict[str, Any]
     scope: str  # "values" or "values.postgresql"
 
@@ -371,7 +173,7 @@ class _Found:
         """Record an image that cannot be resolved."""
         self.misses.append(ImageMiss(self.chart, source, where, reason))
 
-    def result(self, top: _Chart, skipped: Tuple[Tuple[str, str], ...]) -> ChartImages:
+    def result(self, top: Chart, skipped: Tuple[Tuple[str, str], ...]) -> ChartImages:
         """The sorted, de-duplicated result."""
         images = tuple(
             ChartImage(ref, tuple(s for s in SOURCES if s in found))
@@ -395,7 +197,7 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[st
 
 
 def _scopes(
-    chart: _Chart, values: Dict[str, Any], path: Tuple[str, ...], found: _Found
+    chart: Chart, values: Dict[str, Any], path: Tuple[str, ...], found: _Found
 ) -> Iterator[_Scoped]:
     yield _Scoped(chart, values, ".".join(("values", *path)))
     shared = _as_map(values.get("global"))
@@ -406,8 +208,8 @@ def _scopes(
 
 
 def _dependencies(
-    chart: _Chart, values: Dict[str, Any], found: _Found
-) -> Iterator[Tuple[str, _Chart]]:
+    chart: Chart, values: Dict[str, Any], found: _Found
+) -> Iterator[Tuple[str, Chart]]:
     """(values key, subchart) for every enabled dependency; unlisted subcharts count too."""
     by_name = {sub.name: sub for sub in chart.subcharts}
     declared = chart.meta.get("dependencies")
@@ -482,7 +284,7 @@ def _candidates(node: Any, path: str, imageish: bool) -> Iterator[Tuple[str, Any
 
 
 def _image_map(
-    node: Dict[str, Any], where: str, registry: str, chart: _Chart, found: _Found
+    node: Dict[str, Any], where: str, registry: str, chart: Chart, found: _Found
 ) -> None:
     """repository/tag/registry/digest -> a reference; global.imageRegistry wins over registry."""
     fields = {key: node.get(key) for key in ("registry", "repository", "tag", "digest")}

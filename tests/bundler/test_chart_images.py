@@ -13,11 +13,11 @@ from typing import Any, Dict, Optional
 import pytest
 
 from k3bundle.bundler.payloads.chart_images import (
-    ChartArchiveError,
     ChartImages,
     discover_chart_images,
     normalize_reference,
 )
+from k3bundle.bundler.payloads.chart_package import ChartArchiveError
 from k3bundle.installer.errors import K3BundleError, UsageError
 from tests.bundler.charts_fixtures import (
     chart,
