@@ -57,6 +57,7 @@ class _Commands(click.Group):
 
     lazy: ClassVar[Dict[str, Tuple[str, str]]] = {
         "build": ("k3bundle.bundler.build_cli", "build_command"),
+        "images": ("k3bundle.bundler.images_cli", "images_command"),
         "slice": ("k3bundle.bundler.slice_cli", "slice_command"),
     }
 

@@ -1,0 +1,132 @@
+"""`k3bundle images`: the images charts deploy, listed from a real chart repository on
+127.0.0.1 (index.yaml and .tgz served by http.server), without building anything."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Dict, Iterator
+
+import pytest
+import yaml
+
+from k3bundle.bundler.cli import main
+from tests.bundler.charts_fixtures import chart
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[str]:
+    """A classic chart repository holding chart `web` 1.0.0 (an annotation, values images and
+    one image the values cannot resolve)."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    data = chart(
+        "web",
+        "1.0.0",
+        app_version="2.4.1",
+        annotations={"artifacthub.io/images": "- name: proxy\n  image: ghcr.io/acme/proxy:0.9\n"},
+        values={
+            "image": {"repository": "acme/web", "tag": ""},
+            "sidecar": {"image": "busybox:1.36"},
+            "broken": {"image": {"repository": "acme/x", "tag": "{{ .Values.tag }}"}},
+        },
+    )
+    (root / "web-1.0.0.tgz").write_bytes(data)
+    entry = {
+        "apiVersion": "v2",
+        "name": "web",
+        "version": "1.0.0",
+        "digest": hashlib.sha256(data).hexdigest(),
+        "urls": ["web-1.0.0.tgz"],
+    }
+    (root / "index.yaml").write_text(
+        yaml.safe_dump({"apiVersion": "v1", "entries": {"web": [entry]}})
+    )
+    handler = functools.partial(_Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+class Done:
+    def __init__(self, exit_code: int, stdout: str, stderr: str) -> None:
+        self.exit_code, self.stdout, self.output = exit_code, stdout, stdout + stderr
+
+
+def run(*args: str) -> Done:
+    """`k3bundle ARGS` through the real edge (bundler.cli.main), in-process."""
+    with pytest.MonkeyPatch.context() as patch:
+        out, err = io.StringIO(), io.StringIO()
+        patch.setattr(sys, "stdout", out)
+        patch.setattr(sys, "stderr", err)
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return Done(code, out.getvalue(), err.getvalue())
+
+
+def test_images_lists_each_image_with_the_sources_that_found_it(repo: str, tmp_path: Path) -> None:
+    done = run(
+        "images", "--chart", f"{repo}/web:1.0.0", "--cache-dir", str(tmp_path / "c"), "--no-helm"
+    )
+    assert done.exit_code == 0, done.output
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["IMAGE", "CHART", "FOUND", "BY"]
+    rows = {line.split()[0]: line.split(None, 2)[2] for line in lines[1:4]}
+    assert rows == {
+        "docker.io/acme/web:2.4.1": "values",
+        "docker.io/library/busybox:1.36": "values",
+        "ghcr.io/acme/proxy:0.9": "annotation",
+    }
+    assert "values.broken.image" in done.stdout and "template expression" in done.stdout
+
+
+def test_images_json_applies_the_values_file_and_names_what_it_could_not_resolve(
+    repo: str, tmp_path: Path
+) -> None:
+    values = tmp_path / "site.yaml"
+    values.write_text("image:\n  tag: 2.5.0\n  registry: registry.local:5000\nbroken: null\n")
+    done = run(
+        "images", "--chart", f"{repo}/web:1.0.0", "--values", str(values),
+        "--cache-dir", str(tmp_path / "c"), "--no-helm", "--json",
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    [found] = json.loads(done.stdout)["charts"]
+    images: Dict[str, Any] = {i["reference"]: i["sources"] for i in found["images"]}
+    assert images == {
+        "registry.local:5000/acme/web:2.5.0": ["values"],
+        "docker.io/library/busybox:1.36": ["values"],
+        "ghcr.io/acme/proxy:0.9": ["annotation"],
+    }
+    assert found["unresolved"] == []
+    assert found["sources_not_used"] == [{"source": "helm-template", "why": "turned off"}]
+
+
+def test_images_without_a_chart_is_a_usage_error(tmp_path: Path) -> None:
+    done = run("images", "--cache-dir", str(tmp_path / "c"))
+    assert done.exit_code == 2
+    assert "Error: no chart to look into" in done.output
+    assert not (tmp_path / "c").exists()
+
+
+def test_images_of_a_missing_chart_version_names_the_versions_there(
+    repo: str, tmp_path: Path
+) -> None:
+    done = run("images", "--chart", f"{repo}/web:9.9.9", "--cache-dir", str(tmp_path / "c"))
+    assert done.exit_code != 0
+    assert "1.0.0" in done.output and "Traceback" not in done.output
