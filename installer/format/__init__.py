@@ -19,6 +19,13 @@ from k3bundle.installer.format.manifest import (
 )
 from k3bundle.installer.format.manifest import parse as parse_manifest
 from k3bundle.installer.format.parts import PARTS_FORMAT, PARTS_SUFFIX, parts_index_path
+from k3bundle.installer.format.requires import (
+    Requirement,
+    Since,
+    requirements,
+    requires_json,
+    since_of,
+)
 from k3bundle.installer.format.signature import Signature, key_id_of
 from k3bundle.installer.format.slices import Holding
 from k3bundle.installer.format.sources import BundleSource, Header
@@ -37,7 +44,9 @@ __all__ = [
     "Header",
     "Holding",
     "Manifest",
+    "Requirement",
     "Signature",
+    "Since",
     "arch_from_machine",
     "check_arch",
     "copy_range",
@@ -45,5 +54,8 @@ __all__ = [
     "load_json",
     "parse_manifest",
     "parts_index_path",
+    "requirements",
+    "requires_json",
     "sha256_file",
+    "since_of",
 ]

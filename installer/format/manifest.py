@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from k3bundle.installer.errors import ArchError, FormatError, UsageError
 from k3bundle.installer.format import manifest_fields as fields
+from k3bundle.installer.format import requires
 from k3bundle.installer.format.jsondoc import load_json
 from k3bundle.installer.format.manifest_fields import (
     MANIFEST_NAME,
@@ -23,6 +24,9 @@ from k3bundle.installer.format.manifest_fields import (
 __all__ = ["MANIFEST_NAME", "SIGNATURE_NAME", "check_member_path"]  # re-exported for the bundler
 
 FORMAT = "k3bundle/v1"
+# v2 adds optional fields a v1 installer must not ignore: `requires`/`since` (requires.py).
+FORMAT_V2 = "k3bundle/v2"
+FORMATS = (FORMAT, FORMAT_V2)
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # checked from the tar header, before the member is read
 MAX_SIGNATURE_BYTES = 64 * 1024  # a real signature member is about 200 bytes
 
@@ -99,7 +103,7 @@ class Manifest:
         """The manifest as a JSON-ready dict."""
         doc: Dict[str, Any] = dict(self.extra)
         doc.update(
-            format=FORMAT,
+            format=FORMAT_V2 if needs_v2(self.extra) else FORMAT,
             k3s_version=self.k3s_version,
             architectures=list(self.architectures),
             files=[e.to_json() for e in self.entries],
@@ -159,6 +163,7 @@ def parse(data: bytes) -> Manifest:
     known = {"format", "k3s_version", "architectures", "files", "install"}
     extra = {k: v for k, v in doc.items() if k not in known}
     _check_summaries(extra)
+    _check_v2_fields(doc.get("format"), extra, arches, entries)
     return Manifest(
         k3s_version=fields.text(doc, "k3s_version", MANIFEST_NAME, fields.K3S_VERSION),
         architectures=arches,
@@ -168,12 +173,26 @@ def parse(data: bytes) -> Manifest:
     )
 
 
+def needs_v2(extra: Mapping[str, Any]) -> bool:
+    """True when the manifest's top-level fields are ones only a k3bundle/v2 reader knows."""
+    return any(extra.get(key) is not None for key in (requires.REQUIRES, requires.SINCE))
+
+
+def _check_v2_fields(
+    declared: Any, extra: Mapping[str, Any], arches: Tuple[str, ...], entries: Tuple[Entry, ...]
+) -> None:
+    if needs_v2(extra) and declared != FORMAT_V2:
+        raise FormatError(f"{MANIFEST_NAME} has 'requires'/'since' but declares {declared!r}")
+    requires.check_requires(extra, arches, (e.path for e in entries))
+
+
 def _check_format(value: Any) -> None:
-    if value == FORMAT:
+    if value in FORMATS:
         return
     shown = value if isinstance(value, (str, type(None))) else type(value).__name__
     raise FormatError(
-        f"{MANIFEST_NAME} declares format {shown!r}; this installer reads only {FORMAT}",
+        f"{MANIFEST_NAME} declares format {shown!r}; this installer reads only "
+        f"{' and '.join(FORMATS)}",
         "Use the k3bundle-install.pyz that came with the bundle, or a newer k3bundle.",
     )
 
