@@ -5,6 +5,7 @@ format only through the names below (tests/test_layout.py checks), so what lies 
 change without the builder noticing.
 """
 
+from k3bundle.installer.format.chunkhash import hash_chunks
 from k3bundle.installer.format.copying import copy_range
 from k3bundle.installer.format.hashing import O_BINARY, HashJob, HashPool, sha256_file
 from k3bundle.installer.format.jsondoc import load_json
@@ -18,6 +19,7 @@ from k3bundle.installer.format.manifest import (
     check_arch,
 )
 from k3bundle.installer.format.manifest import parse as parse_manifest
+from k3bundle.installer.format.manifest_fields import DEFAULT_CHUNK, Chunks
 from k3bundle.installer.format.parts import PARTS_FORMAT, PARTS_SUFFIX, parts_index_path
 from k3bundle.installer.format.requires import (
     Requirement,
@@ -32,12 +34,14 @@ from k3bundle.installer.format.sources import BundleSource, Header
 
 __all__ = [
     "ARCHES",
+    "DEFAULT_CHUNK",
     "MANIFEST_NAME",
     "O_BINARY",
     "PARTS_FORMAT",
     "PARTS_SUFFIX",
     "SIGNATURE_NAME",
     "BundleSource",
+    "Chunks",
     "Entry",
     "HashJob",
     "HashPool",
@@ -50,6 +54,7 @@ __all__ = [
     "arch_from_machine",
     "check_arch",
     "copy_range",
+    "hash_chunks",
     "key_id_of",
     "load_json",
     "parse_manifest",

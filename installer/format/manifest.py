@@ -18,6 +18,7 @@ from k3bundle.installer.format.jsondoc import load_json
 from k3bundle.installer.format.manifest_fields import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
+    Chunks,
     check_member_path,
 )
 
@@ -67,10 +68,11 @@ class Entry:
     mode: int = 0o644
     arch: Optional[str] = None
     source: Mapping[str, str] = field(default_factory=dict)
+    chunks: Optional[Chunks] = None  # k3bundle/v2: digests of its slices (manifest_fields)
 
     def to_json(self) -> Dict[str, Any]:
         """The entry as it appears in the manifest."""
-        return {
+        doc = {
             "path": self.path,
             "size": self.size,
             "sha256": self.sha256,
@@ -79,6 +81,9 @@ class Entry:
             "arch": self.arch,
             "source": dict(self.source),
         }
+        if self.chunks is not None:  # absent, not null: a v1 entry's bytes stay as they were
+            doc["chunks"] = self.chunks.to_json()
+        return doc
 
     @property
     def name(self) -> str:
@@ -103,7 +108,7 @@ class Manifest:
         """The manifest as a JSON-ready dict."""
         doc: Dict[str, Any] = dict(self.extra)
         doc.update(
-            format=FORMAT_V2 if needs_v2(self.extra) else FORMAT,
+            format=FORMAT_V2 if needs_v2(self.extra) or _chunked(self.entries) else FORMAT,
             k3s_version=self.k3s_version,
             architectures=list(self.architectures),
             files=[e.to_json() for e in self.entries],
@@ -164,6 +169,8 @@ def parse(data: bytes) -> Manifest:
     extra = {k: v for k, v in doc.items() if k not in known}
     _check_summaries(extra)
     _check_v2_fields(doc.get("format"), extra, arches, entries)
+    if _chunked(entries) and doc.get("format") != FORMAT_V2:
+        raise FormatError(f"{MANIFEST_NAME} has chunk digests but declares {doc.get('format')!r}")
     return Manifest(
         k3s_version=fields.text(doc, "k3s_version", MANIFEST_NAME, fields.K3S_VERSION),
         architectures=arches,
@@ -171,6 +178,10 @@ def parse(data: bytes) -> Manifest:
         install=_parse_install(doc),
         extra=extra,
     )
+
+
+def _chunked(entries: Tuple[Entry, ...]) -> bool:
+    return any(e.chunks is not None for e in entries)
 
 
 def needs_v2(extra: Mapping[str, Any]) -> bool:
@@ -224,7 +235,8 @@ def _parse_entry(item: Mapping[str, Any], arches: Tuple[str, ...]) -> Entry:
         raise FormatError(f"{where} has an architecture {arch!r} not listed")
     size = fields.integer(item, "size", where)
     mode = fields.mode(item, where)
-    return Entry(path, size, sha, kind, mode, arch, fields.string_map(item, "source", where))
+    source = fields.string_map(item, "source", where)
+    return Entry(path, size, sha, kind, mode, arch, source, fields.chunks(item, size, where))
 
 
 def _parse_install(doc: Mapping[str, Any]) -> Dict[str, Any]:

@@ -299,7 +299,7 @@ def _stage_member(
     if extent is None:
         dest.stage(placement, stream.chunks(), progress.advance, sync)
         return
-    job = pool.add(stream.staged_job(dest.staged_path(placement.target), sync))
+    job = stream.hash_staged(pool, dest.staged_path(placement.target), sync)  # per chunk in v2
 
     def published(count: int) -> None:
         job.publish(count)
