@@ -28,6 +28,13 @@ from k3bundle.installer.format.requires import (
     requires_json,
     since_of,
 )
+from k3bundle.installer.format.requires import (
+    Requirement,
+    Since,
+    requirements,
+    requires_json,
+    since_of,
+)
 from k3bundle.installer.format.signature import Signature, key_id_of
 from k3bundle.installer.format.slices import Holding
 from k3bundle.installer.format.sources import BundleSource, Header
@@ -49,7 +56,9 @@ __all__ = [
     "Holding",
     "Manifest",
     "Requirement",
+    "Requirement",
     "Signature",
+    "Since",
     "Since",
     "arch_from_machine",
     "check_arch",
@@ -61,6 +70,9 @@ __all__ = [
     "parts_index_path",
     "requirements",
     "requires_json",
+    "requirements",
+    "requires_json",
     "sha256_file",
+    "since_of",
     "since_of",
 ]
