@@ -12,13 +12,12 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from k3bundle.bundler import uptodate
 from k3bundle.bundler.cache import Cache
-from k3bundle.bundler.keys import Prompt, Signer, load_signer
-from k3bundle.bundler.net.fetch import Download, Fetcher, FetchEvents, FetchSettings, NotFoundError
+from k3bundle.bundler.keys import Prompt, load_signer
+from k3bundle.bundler.net.fetch import Fetcher, FetchEvents
 from k3bundle.bundler.net.transport import DISK_ERRORS
-from k3bundle.bundler.oci.reference import Reference
-from k3bundle.bundler.payloads import release
-from k3bundle.bundler.payloads.charts import ChartSpec
-from k3bundle.bundler.payloads.extras import RegistryOptions, collect, parse_images
+from k3bundle.bundler.payloads import extras, release
+from k3bundle.bundler.payloads.context import BuildContext, BuildSettings, Producer
+from k3bundle.bundler.payloads.produced import Produced, combined
 from k3bundle.bundler.writer import (
     BundleOutput,
     source_date_epoch,
@@ -26,36 +25,18 @@ from k3bundle.bundler.writer import (
     writer_code_sha256,
 )
 from k3bundle.bundler.zipapp import write_zipapp
-from k3bundle.installer.errors import FetchError, IntegrityError, build_error
-from k3bundle.installer.format import PARTS_SUFFIX, Entry, Manifest, check_arch, sha256_file
+from k3bundle.installer.errors import IntegrityError, build_error
+from k3bundle.installer.format import PARTS_SUFFIX, Manifest, check_arch, sha256_file
 from k3bundle.installer.progress import Progress
+
+__all__ = ["PRODUCERS", "BuildResult", "BuildSettings", "build", "default_name"]
 
 INSTALLER_NAME = "k3bundle-install.pyz"
 SUMS_NAME = "SHA256SUMS"
 Warn = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class BuildSettings:
-    """Everything one build needs, merged from the spec and the command line."""
-
-    arches: Tuple[str, ...]
-    cache_dir: Path
-    version: Optional[str] = None
-    channel: str = "stable"
-    images_format: str = "zst"
-    sign_key: Optional[Path] = None
-    output: Path = Path("dist")
-    split: Optional[int] = None
-    release_url: str = release.DEFAULT_RELEASE_URL
-    channel_url: str = release.DEFAULT_CHANNEL_URL
-    fetch: FetchSettings = field(default_factory=FetchSettings)
-    install: Mapping[str, Any] = field(default_factory=dict)
-    name: Optional[str] = None
-    images: Tuple[str, ...] = ()
-    charts: Tuple[ChartSpec, ...] = ()
-    registries: RegistryOptions = field(default_factory=RegistryOptions)
-    force: bool = False  # write everything again even when DIR already holds this build
+# What a bundle carries, in bundle order. A new kind of payload is one producer module and one
+# line here; each producer sees what the ones before it produced.
+PRODUCERS: Tuple[Producer, ...] = (release.produce, extras.produce_images, extras.produce_charts)
 
 
 @dataclass
@@ -74,16 +55,6 @@ class BuildResult:
     up_to_date: bool = False  # DIR already held this very build; nothing was rewritten
 
 
-@dataclass(frozen=True)
-class _Asset:
-    entry_path: str
-    kind: str
-    mode: int
-    arch: str
-    download: Download
-    checksum_url: str
-
-
 def build(
     settings: BuildSettings,
     events: Optional[FetchEvents] = None,
@@ -91,7 +62,8 @@ def build(
     warn: Warn = lambda message: None,
     prompt: Optional[Prompt] = None,
 ) -> BuildResult:
-    """Resolve, download (or reuse), verify and bundle one k3s release."""
+    """Resolve, download (or reuse), verify and bundle one k3s release: resolve → producers →
+    write, every step handed the one BuildContext."""
     _refuse_unsupported(settings)
     signer = load_signer(settings.sign_key, prompt) if settings.sign_key else None
     if signer is None:
@@ -99,55 +71,43 @@ def build(
             "no --sign-key given: the bundle is UNSIGNED and hosts must install it "
             "with --allow-unsigned"
         )
+    images = extras.check_inputs(settings.images, settings.charts, warn)
     cache = Cache(settings.cache_dir)
     fetcher = Fetcher(cache, settings.fetch, events)
-    refs = parse_images(settings.images, warn)
-    resolved = _resolve(settings, fetcher, cache)
-    assets = [
-        a
-        for arch in settings.arches
-        for a in _assets(settings, resolved.version, arch, fetcher, cache)
-    ]
-    cached = fetcher.fetch_all([a.download for a in assets])
-    manifest = _manifest(settings, resolved.version, assets, cached)
-    files = {a.entry_path: cached[a.download.sha256] for a in assets}
     work = Path(tempfile.mkdtemp(prefix="build-", dir=cache.root))
     try:
-        return _finish(
-            settings, resolved, manifest, files, refs, cache, fetcher, work, signer, progress
+        ctx = BuildContext(
+            settings, cache, fetcher, work, progress or Progress(), warn, signer, images
         )
+        resolved = release.resolve(ctx)
+        ctx = replace(ctx, version=resolved.version)
+        return _finish(ctx, resolved, produce(ctx, PRODUCERS))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _finish(
-    settings: BuildSettings,
-    resolved: release.Resolved,
-    manifest: Manifest,
-    files: Dict[str, Path],
-    refs: Sequence[Reference],
-    cache: Cache,
-    fetcher: Fetcher,
-    work: Path,
-    signer: Optional[Signer],
-    progress: Optional[Progress],
-) -> BuildResult:
-    extras = collect(
-        refs,
-        settings.charts,
+def produce(ctx: BuildContext, producers: Sequence[Producer]) -> Produced:
+    """Run every producer in order, each seeing what the earlier ones produced."""
+    parts: List[Produced] = []
+    for producer in producers:
+        parts.append(producer(ctx, combined(parts)))
+    return combined(parts)
+
+
+def _finish(ctx: BuildContext, resolved: release.Resolved, produced: Produced) -> BuildResult:
+    settings, signer = ctx.settings, ctx.signer
+    install = {k: v for k, v in settings.install.items() if v}
+    manifest = Manifest(
+        resolved.version,
         settings.arches,
-        settings.images_format,
-        cache,
-        fetcher,
-        settings.registries,
-        work,
+        tuple(produced.entries),
+        install=install,
+        extra=produced.metadata,
     )
-    manifest = replace(manifest, entries=(*manifest.entries, *extras.entries), extra=extras.meta)
-    files.update(extras.files)
     output = settings.output
     output.mkdir(parents=True, exist_ok=True)
     target = output / f"{settings.name or default_name(resolved.version, settings.arches)}.tar"
-    installer = write_zipapp(work / INSTALLER_NAME)
+    installer = write_zipapp(ctx.work / INSTALLER_NAME)
     installer_sha256 = sha256_file(installer)
     digest = uptodate.recipe(
         manifest.to_bytes(),
@@ -158,17 +118,14 @@ def _finish(
         installer_sha256,
         source_date_epoch(),
     )
-    stamp = None if settings.force else uptodate.current(cache, output, digest)
+    stamp = None if settings.force else uptodate.current(ctx.cache, output, digest)
     if stamp is not None:
         bundle = _recorded_bundle(output, stamp, manifest)
     else:
-        uptodate.forget(cache, output)
-        bundle, sha256s = _write(
-            settings, manifest, files, target, (installer, installer_sha256), fetcher, signer,
-            progress,
-        )  # fmt: skip
+        uptodate.forget(ctx.cache, output)
+        bundle, sha256s = _write(ctx, manifest, produced, target, (installer, installer_sha256))
         record = {"bundle": {"files": [p.name for p in bundle.files], "size": bundle.size}}
-        uptodate.save(cache, output, digest, _outputs(output, bundle), sha256s, record)
+        uptodate.save(ctx.cache, output, digest, _outputs(output, bundle), sha256s, record)
     return BuildResult(
         resolved.version,
         resolved.how,
@@ -177,35 +134,33 @@ def _finish(
         output / INSTALLER_NAME,
         output / SUMS_NAME,
         signer.key_id if signer else None,
-        fetcher.transferred,
+        ctx.fetcher.transferred,
         _outputs(output, bundle),
         up_to_date=stamp is not None,
     )
 
 
 def _write(
-    settings: BuildSettings,
+    ctx: BuildContext,
     manifest: Manifest,
-    files: Mapping[str, Path],
+    produced: Produced,
     target: Path,
     installer: Tuple[Path, str],
-    fetcher: Fetcher,
-    signer: Optional[Signer],
-    progress: Optional[Progress],
 ) -> Tuple[BundleOutput, Dict[str, str]]:
     """Write the bundle, the installer (path, sha256) and SHA256SUMS, all under temporary
     names, then rename them into place together and remove the previous build's other files:
     a build that fails leaves the previous one whole. Returns the bundle and every output's
     sha256."""
-    output = settings.output
+    output, files = ctx.settings.output, produced.files
     previous = _previous_outputs(output)
-    bar = progress or Progress()
+    bar = ctx.progress
     bar.start(f"Writing {target.name}", sum(e.size for e in manifest.entries))
-    fresh = {e.path for e in manifest.entries if e.sha256 in fetcher.downloaded}
     try:
-        staged = stage_bundle(target, manifest, files, signer, settings.split, bar.advance, fresh)
+        staged = stage_bundle(
+            target, manifest, files, ctx.signer, ctx.settings.split, bar.advance, produced.fresh
+        )
     except IntegrityError as exc:
-        raise _evicted(fetcher.cache, files.values(), exc) from None
+        raise _evicted(ctx.cache, files.values(), exc) from None
     except OSError as exc:
         if exc.filename is not None or exc.errno not in DISK_ERRORS:
             raise
@@ -270,91 +225,6 @@ def default_name(version: str, arches: Sequence[str]) -> str:
 def _refuse_unsupported(settings: BuildSettings) -> None:
     for arch in settings.arches:
         check_arch(arch)
-
-
-def _resolve(settings: BuildSettings, fetcher: Fetcher, cache: Cache) -> release.Resolved:
-    if settings.version:
-        return release.Resolved(release.check_version(settings.version), "--version")
-    key = f"channel:{settings.channel_url.rstrip('/')}/{settings.channel}"
-    if settings.fetch.offline:
-        version = cache.recall(key)
-        if version is None:
-            raise FetchError(
-                f"--offline: channel {settings.channel!r} was never resolved with this cache",
-                "Pass --version, or build once with network access.",
-            )
-        return release.Resolved(version, f"channel {settings.channel} (cached answer, --offline)")
-    resolved = release.resolve_channel(
-        fetcher._session(), settings.channel_url, settings.channel, settings.fetch.timeout
-    )
-    cache.remember(key, resolved.version)
-    return resolved
-
-
-def _checksums(
-    settings: BuildSettings, version: str, arch: str, fetcher: Fetcher, cache: Cache
-) -> Tuple[str, Dict[str, str]]:
-    url = release.asset_url(settings.release_url, version, release.checksum_name(arch))
-    text = cache.recall(url) if settings.fetch.offline else None
-    if text is None and settings.fetch.offline:
-        raise FetchError(
-            f"--offline: {url} is not in the cache",
-            "Build once with network access; if the cache was filled from a mirror, pass the same "
-            "--release-url (cached checksum files are kept by their URL).",
-        )
-    if text is None:
-        try:
-            text = fetcher.get_text(url)
-        except NotFoundError:
-            raise FetchError(
-                f"k3s {version} has no {release.checksum_name(arch)} at {url}",
-                f"Either the release does not exist there or it does not ship {arch}; check "
-                "--version/--channel, --arch and --release-url.",
-            ) from None
-        cache.remember(url, text)
-    return url, release.parse_checksums(text, url)
-
-
-def _assets(
-    settings: BuildSettings, version: str, arch: str, fetcher: Fetcher, cache: Cache
-) -> List[_Asset]:
-    checksum_url, sums = _checksums(settings, version, arch, fetcher, cache)
-    wanted = [
-        (release.binary_name(arch), "k3s-binary", 0o755),
-        (release.images_name(arch, settings.images_format), "airgap-images", 0o644),
-    ]
-    assets = []
-    for name, kind, mode in wanted:
-        sha = release.expected_sha(sums, name, checksum_url)
-        download = Download(release.asset_url(settings.release_url, version, name), sha, name)
-        assets.append(_Asset(f"{arch}/{name}", kind, mode, arch, download, checksum_url))
-    return assets
-
-
-def _manifest(
-    settings: BuildSettings, version: str, assets: Sequence[_Asset], cached: Mapping[str, Path]
-) -> Manifest:
-    entries = []
-    for asset in assets:
-        source = {
-            "url": asset.download.url,
-            "checksum_file": asset.checksum_url,
-            "checksum": asset.download.sha256,
-        }
-        size = cached[asset.download.sha256].stat().st_size
-        entries.append(
-            Entry(
-                asset.entry_path,
-                size,
-                asset.download.sha256,
-                asset.kind,
-                asset.mode,
-                asset.arch,
-                source,
-            )
-        )
-    install = {k: v for k, v in settings.install.items() if v}
-    return Manifest(version, settings.arches, tuple(entries), install=install)
 
 
 def _previous_outputs(output: Path) -> Set[str]:

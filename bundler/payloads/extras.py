@@ -1,17 +1,13 @@
-"""A build's extra images and Helm charts, turned into bundle entries and local files."""
+"""A build's extra images and Helm charts, produced as bundle entries and local files."""
 
 from __future__ import annotations
 
-import gzip
-from dataclasses import dataclass, field
+import hashlib
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from k3bundle.bundler.cache import Cache
-from k3bundle.bundler.net.fetch import Fetcher
-from k3bundle.bundler.oci.credentials import Credentials
 from k3bundle.bundler.oci.reference import Reference, parse_reference
-from k3bundle.bundler.oci.registry import RegistryClient
 from k3bundle.bundler.payloads.charts import (
     ChartSpec,
     check_chart,
@@ -19,35 +15,15 @@ from k3bundle.bundler.payloads.charts import (
     fetch_chart,
     helmchart_manifest,
 )
-from k3bundle.bundler.payloads.images import PulledImage, pull_all, write_archive
-from k3bundle.installer.format import Entry, sha256_file
+from k3bundle.bundler.payloads.context import BuildContext, RegistryOptions
+from k3bundle.bundler.payloads.images import PulledImage, Written, pull_all, write_images
+from k3bundle.bundler.payloads.produced import Produced
+from k3bundle.installer.format import KIND_CHART, KIND_HELMCHART_MANIFEST, KIND_IMAGES, Entry
+
+__all__ = ["RegistryOptions", "check_inputs", "parse_images", "produce_charts", "produce_images"]
 
 Warn = Callable[[str], None]
 _SUFFIX = {"zst": ".tar.zst", "gz": ".tar.gz", "tar": ".tar"}
-
-
-@dataclass(frozen=True)
-class RegistryOptions:
-    """How to reach registries: plain-HTTP hosts, credentials, mirrors and per-host CA files."""
-
-    insecure: Tuple[str, ...] = ()
-    auth: Mapping[str, Credentials] = field(default_factory=dict)
-    mirrors: Mapping[str, str] = field(default_factory=dict)  # source host -> HOST[/PATH]
-    ca_files: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Extras:
-    """Entries, their local files, and the manifest's `images`/`charts` summaries."""
-
-    entries: List[Entry] = field(default_factory=list)
-    files: Dict[str, Path] = field(default_factory=dict)
-    meta: Dict[str, Any] = field(default_factory=dict)
-
-    def add(self, entry: Entry, local: Path) -> None:
-        """Add one payload file."""
-        self.entries.append(entry)
-        self.files[entry.path] = local
 
 
 def parse_images(texts: Sequence[str], warn: Warn) -> List[Reference]:
@@ -64,80 +40,50 @@ def parse_images(texts: Sequence[str], warn: Warn) -> List[Reference]:
     return refs
 
 
-def collect(
-    refs: Sequence[Reference],
-    charts: Sequence[ChartSpec],
-    arches: Sequence[str],
-    images_format: str,
-    cache: Cache,
-    fetcher: Fetcher,
-    registries: RegistryOptions,
-    work: Path,
-) -> Extras:
-    """Pull images and charts, write per-arch image archives; return the bundle's extras."""
+def check_inputs(
+    images: Sequence[str], charts: Sequence[ChartSpec], warn: Warn
+) -> Tuple[Reference, ...]:
+    """Check the extra images and charts before anything is fetched; the parsed images."""
+    refs = parse_images(images, warn)
     for chart in charts:
         check_chart(chart)
     check_unique(list(charts))
-    extras = Extras()
-    settings = fetcher.settings
-
-    def client() -> RegistryClient:
-        return RegistryClient(
-            settings,
-            insecure=registries.insecure,
-            auth=registries.auth,
-            mirrors=registries.mirrors,
-            ca_files=registries.ca_files,
-            events=fetcher.events,  # image and chart bytes are shown and counted as files are
-            tally=fetcher.tally,
-            cancel=fetcher.cancel,
-        )
-
-    if refs:
-        pulled = pull_all(client, refs, arches, cache, settings.jobs, fetcher.cancel)
-        _add_images(extras, pulled, arches, images_format, cache, work)
-    if charts:
-        _add_charts(extras, charts, fetcher, client(), cache, work)
-    return extras
+    return tuple(refs)
 
 
-def _add_images(
-    extras: Extras,
-    pulled: Sequence[PulledImage],
-    arches: Sequence[str],
-    images_format: str,
-    cache: Cache,
-    work: Path,
-) -> None:
-    for arch in arches:
+def produce_images(ctx: BuildContext, earlier: Produced) -> Produced:
+    """Every extra image for every architecture, pulled into the cache and written as one OCI
+    archive per architecture, hashed while it is written."""
+    produced = Produced()
+    if not ctx.images:
+        return produced
+    settings = ctx.fetcher.settings
+    pulled = pull_all(
+        ctx.registry_client, ctx.images, ctx.settings.arches, ctx.cache, settings.jobs,
+        ctx.fetcher.cancel,
+    )  # fmt: skip
+    for arch in ctx.settings.arches:
         images = [p for p in pulled if p.arch == arch]
-        name = f"k3bundle-images-{arch}{_SUFFIX[images_format]}"
-        local = _archive(work / name, images, cache, images_format)
+        name = f"k3bundle-images-{arch}{_SUFFIX[ctx.settings.images_format]}"
+        written = write_images(ctx.work / name, images, ctx.cache, ctx.settings.images_format)
         source = {"images": ", ".join(f"{p.ref.name}@{p.manifest.digest}" for p in images)}
-        entry = Entry(
-            f"{arch}/{name}",
-            local.stat().st_size,
-            sha256_file(local),
-            "images",
-            0o644,
-            arch,
-            source,
-        )
-        extras.add(entry, local)
-    extras.meta["images"] = _image_summaries(pulled)
+        entry = _entry(f"{arch}/{name}", written, KIND_IMAGES, 0o644, arch, source)
+        produced.add(entry, written.path, fresh=True)
+    produced.metadata["images"] = _image_summaries(pulled)
+    produced.notes["pulled"] = pulled  # for later steps (--since rewrites archives from them)
+    return produced
 
 
 def _archive(target: Path, images: Sequence[PulledImage], cache: Cache, images_format: str) -> Path:
-    if images_format != "gz":
-        return write_archive(target, images, cache, compress=images_format == "zst")
-    plain = write_archive(target.with_suffix(""), images, cache, compress=False)
-    with open(plain, "rb") as source, open(target, "wb") as raw:  # noqa: SIM117
-        # mtime=0 and no file name in the gzip header keep the archive reproducible.
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as packed:
-            for chunk in iter(lambda: source.read(1 << 20), b""):
-                packed.write(chunk)
-    plain.unlink()
-    return target
+    """The image archive at `target` (kept for bundler/since.py, which is moving to
+    images.write_images)."""
+    return write_images(target, images, cache, images_format).path
+
+
+def _entry(
+    path: str, written: Written, kind: str, mode: int, arch: Any, source: Dict[str, str]
+) -> Entry:
+    return Entry(path, written.size, written.sha256, kind, mode, arch, source)
 
 
 def _image_summaries(pulled: Sequence[PulledImage]) -> List[Dict[str, Any]]:
@@ -152,34 +98,35 @@ def _image_summaries(pulled: Sequence[PulledImage]) -> List[Dict[str, Any]]:
     return list(summaries.values())
 
 
-def _add_charts(
-    extras: Extras,
-    charts: Sequence[ChartSpec],
-    fetcher: Fetcher,
-    client: RegistryClient,
-    cache: Cache,
-    work: Path,
-) -> None:
+def produce_charts(ctx: BuildContext, earlier: Produced) -> Produced:
+    """Every chart's verified .tgz and the HelmChart manifest that deploys it."""
+    produced = Produced()
+    if not ctx.settings.charts:
+        return produced
+    client = ctx.registry_client()
     summaries = []
-    for spec in charts:
-        chart = fetch_chart(spec, fetcher, client, cache)
-        path = f"charts/{spec.file_name}"
-        extras.add(
-            Entry(path, chart.size, chart.sha256, "chart", 0o644, None, dict(chart.source)),
-            chart.path,
-        )
-        manifest = work / spec.manifest_name
-        manifest.write_bytes(helmchart_manifest(spec, spec.file_name))
-        source = {"generated": f"HelmChart for {spec.name} {spec.version}"}
+    for spec in ctx.settings.charts:
+        chart = fetch_chart(spec, ctx.fetcher, client, ctx.cache)
         entry = Entry(
-            f"manifests/{spec.manifest_name}",
-            manifest.stat().st_size,
-            sha256_file(manifest),
-            "helmchart-manifest",
-            0o600,
-            None,
-            source,
-        )
-        extras.add(entry, manifest)
+            f"charts/{spec.file_name}", chart.size, chart.sha256, KIND_CHART, 0o644, None,
+            dict(chart.source),
+        )  # fmt: skip
+        produced.add(entry, chart.path, fresh=chart.sha256 in ctx.fetcher.downloaded)
+        produced.add(*_helmchart(ctx.work, spec), fresh=True)
         summaries.append({"name": spec.name, "version": spec.version, "namespace": spec.namespace})
-    extras.meta["charts"] = summaries
+    produced.metadata["charts"] = summaries
+    return produced
+
+
+def _helmchart(work: Path, spec: ChartSpec) -> Tuple[Entry, Path]:
+    """The chart's HelmChart manifest, written to `work` and measured from its bytes."""
+    data = helmchart_manifest(spec, spec.file_name)
+    local = work / spec.manifest_name
+    local.write_bytes(data)
+    source = {"generated": f"HelmChart for {spec.name} {spec.version}"}
+    path = f"manifests/{spec.manifest_name}"
+    entry = Entry(
+        path, len(data), hashlib.sha256(data).hexdigest(), KIND_HELMCHART_MANIFEST, 0o600, None,
+        source,
+    )  # fmt: skip
+    return entry, local

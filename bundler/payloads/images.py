@@ -8,6 +8,7 @@ are stored once, and manifests keep their registry bytes, so digests match the r
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -15,7 +16,7 @@ import tarfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
 from k3bundle.bundler.cache import Cache
 from k3bundle.bundler.net.limits import check_digest, check_size
@@ -222,13 +223,56 @@ def layout_index(images: Sequence[PulledImage]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
+@dataclass(frozen=True)
+class Written:
+    """An archive this build wrote: where, how many bytes, and their sha256 (measured as the
+    bytes were written, so nothing reads the file again to learn it)."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+def write_images(
+    target: Path, images: Sequence[PulledImage], cache: Cache, images_format: str
+) -> Written:
+    """The per-architecture image archive in `images_format` (zst, gz or tar)."""
+    if images_format != "gz":
+        return _write_layout(target, images, cache, compress=images_format == "zst")
+    plain = _write_layout(target.with_suffix(""), images, cache, compress=False, hashed=False)
+    tmp = target.with_name(f".{target.name}.tmp")
+    with open(plain.path, "rb") as source, open(tmp, "wb") as raw:
+        out = _HashingWriter(raw)
+        # mtime=0 and no file name in the gzip header keep the archive reproducible.
+        with gzip.GzipFile(filename="", mode="wb", fileobj=out.io(), mtime=0) as packed:
+            for chunk in iter(lambda: source.read(1 << 20), b""):
+                packed.write(chunk)
+    plain.path.unlink()
+    tmp.replace(target)
+    return Written(target, out.size, out.digest.hexdigest())
+
+
 def write_archive(
     target: Path, images: Sequence[PulledImage], cache: Cache, compress: bool
 ) -> Path:
     """Write an OCI layout tar (optionally zstd) of `images`; each blob stored once."""
+    return _write_layout(target, images, cache, compress).path
+
+
+def _write_layout(
+    target: Path,
+    images: Sequence[PulledImage],
+    cache: Cache,
+    compress: bool,
+    hashed: bool = True,
+) -> Written:
+    """write_archive, the archive's bytes hashed as they go to disk (unless `hashed` is False:
+    the plain tar that gzip then reads)."""
     tmp = target.with_name(f".{target.name}.tmp")
     with open(tmp, "wb") as raw:
-        sink: IO[bytes] = _zstd_writer(raw) if compress else raw
+        hashing = _HashingWriter(raw) if hashed else None
+        out = hashing.io() if hashing is not None else raw
+        sink = _zstd_writer(out) if compress else out
         with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             _add_bytes(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
             _add_bytes(tar, "index.json", layout_index(images))
@@ -239,7 +283,9 @@ def write_archive(
         if compress:
             sink.close()
     tmp.replace(target)
-    return target
+    if hashing is None:
+        return Written(target, target.stat().st_size, "")
+    return Written(target, hashing.size, hashing.digest.hexdigest())
 
 
 def _unique_blobs(images: Sequence[PulledImage], cache: Cache) -> Dict[str, Any]:
@@ -286,6 +332,28 @@ def _add_blob(tar: tarfile.TarFile, digest: str, source: Any, cache: Cache) -> N
             "from the cache, so the next build fetches it again",
             "Run the build again; if this happens again, check the disk that holds the cache.",
         )
+
+
+class _HashingWriter:
+    """A file whose bytes are hashed and counted as they are written to it."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle, self.digest, self.size = handle, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        """Hash, count and write."""
+        self.digest.update(data)
+        self.size += len(data)
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        """Flush the file."""
+        self.handle.flush()
+
+    def io(self) -> IO[bytes]:
+        """This writer where a binary file is expected (tarfile, gzip and zstandard only call
+        write and flush)."""
+        return cast(IO[bytes], self)
 
 
 class _HashingReader:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import TYPE_CHECKING, Dict, List, Tuple
 from urllib.parse import quote, unquote, urlsplit
 
 import requests
 
+from k3bundle.bundler.net.fetch import Download, NotFoundError
+from k3bundle.bundler.payloads.produced import Produced
 from k3bundle.installer.errors import FetchError, UsageError
-from k3bundle.installer.format import check_arch
+from k3bundle.installer.format import KIND_AIRGAP_IMAGES, KIND_K3S_BINARY, Entry, check_arch
+
+if TYPE_CHECKING:  # the context imports this module's defaults
+    from k3bundle.bundler.payloads.context import BuildContext
 
 DEFAULT_RELEASE_URL = "https://github.com/k3s-io/k3s/releases/download"
 DEFAULT_CHANNEL_URL = "https://update.k3s.io/v1-release/channels"
@@ -117,3 +122,98 @@ def resolve_channel(
             f"channel {channel!r} at {url} points to {location!r}, which holds no k3s version"
         )
     return Resolved(version, f"channel {channel} at {channel_url}")
+
+
+def resolve(ctx: BuildContext) -> Resolved:
+    """The release to build: --version as given, else the channel's answer (remembered in the
+    cache, so an --offline build can reuse it)."""
+    settings = ctx.settings
+    if settings.version:
+        return Resolved(check_version(settings.version), "--version")
+    key = f"channel:{settings.channel_url.rstrip('/')}/{settings.channel}"
+    if settings.fetch.offline:
+        version = ctx.cache.recall(key)
+        if version is None:
+            raise FetchError(
+                f"--offline: channel {settings.channel!r} was never resolved with this cache",
+                "Pass --version, or build once with network access.",
+            )
+        return Resolved(version, f"channel {settings.channel} (cached answer, --offline)")
+    resolved = resolve_channel(
+        ctx.fetcher._session(), settings.channel_url, settings.channel, settings.fetch.timeout
+    )
+    ctx.cache.remember(key, resolved.version)
+    return resolved
+
+
+@dataclass(frozen=True)
+class _Asset:
+    entry_path: str
+    kind: str
+    mode: int
+    arch: str
+    download: Download
+    checksum_url: str
+
+
+def produce(ctx: BuildContext, earlier: Produced) -> Produced:
+    """The k3s binary and airgap image tarball of every architecture, checked against the
+    release's sha256sum files and fetched (or found) in the cache."""
+    assets = [a for arch in ctx.settings.arches for a in _assets(ctx, arch)]
+    cached = ctx.fetcher.fetch_all([a.download for a in assets])
+    produced = Produced()
+    for asset in assets:
+        local = cached[asset.download.sha256]
+        source = {
+            "url": asset.download.url,
+            "checksum_file": asset.checksum_url,
+            "checksum": asset.download.sha256,
+        }
+        entry = Entry(
+            asset.entry_path,
+            local.stat().st_size,
+            asset.download.sha256,
+            asset.kind,
+            asset.mode,
+            asset.arch,
+            source,
+        )
+        produced.add(entry, local, fresh=asset.download.sha256 in ctx.fetcher.downloaded)
+    return produced
+
+
+def _checksums(ctx: BuildContext, arch: str) -> Tuple[str, Dict[str, str]]:
+    settings, cache = ctx.settings, ctx.cache
+    url = asset_url(settings.release_url, ctx.version, checksum_name(arch))
+    text = cache.recall(url) if settings.fetch.offline else None
+    if text is None and settings.fetch.offline:
+        raise FetchError(
+            f"--offline: {url} is not in the cache",
+            "Build once with network access; if the cache was filled from a mirror, pass the same "
+            "--release-url (cached checksum files are kept by their URL).",
+        )
+    if text is None:
+        try:
+            text = ctx.fetcher.get_text(url)
+        except NotFoundError:
+            raise FetchError(
+                f"k3s {ctx.version} has no {checksum_name(arch)} at {url}",
+                f"Either the release does not exist there or it does not ship {arch}; check "
+                "--version/--channel, --arch and --release-url.",
+            ) from None
+        cache.remember(url, text)
+    return url, parse_checksums(text, url)
+
+
+def _assets(ctx: BuildContext, arch: str) -> List[_Asset]:
+    checksum_url, sums = _checksums(ctx, arch)
+    wanted = [
+        (binary_name(arch), KIND_K3S_BINARY, 0o755),
+        (images_name(arch, ctx.settings.images_format), KIND_AIRGAP_IMAGES, 0o644),
+    ]
+    assets = []
+    for name, kind, mode in wanted:
+        sha = expected_sha(sums, name, checksum_url)
+        download = Download(asset_url(ctx.settings.release_url, ctx.version, name), sha, name)
+        assets.append(_Asset(f"{arch}/{name}", kind, mode, arch, download, checksum_url))
+    return assets

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from k3bundle.installer.errors import InstallError, K3BundleError
+from k3bundle.installer.format.manifest import KIND_AIRGAP_IMAGES, KIND_IMAGES
 from k3bundle.installer.host import units
 from k3bundle.installer.host.destination import HostDestination
 from k3bundle.installer.host.install import note_pending, recover
@@ -157,7 +158,7 @@ def _touch_restored_images(
         return
     kinds = {f.path: f.kind for f in records[1].files}
     for _, target in change.moves:
-        if kinds.get(target) in ("airgap-images", "images"):
+        if kinds.get(target) in (KIND_AIRGAP_IMAGES, KIND_IMAGES):
             os.utime(dest.path(target), follow_symlinks=False)
 
 

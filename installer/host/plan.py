@@ -11,9 +11,17 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from k3bundle.installer.errors import UsageError
-from k3bundle.installer.format.manifest import Entry, Manifest, canonical_json
-from k3bundle.installer.format.requires import requirements
+from k3bundle.installer.errors import FormatError, UsageError
+from k3bundle.installer.format.manifest import (
+    KIND_AIRGAP_IMAGES,
+    KIND_CHART,
+    KIND_HELMCHART_MANIFEST,
+    KIND_IMAGES,
+    KIND_K3S_BINARY,
+    Entry,
+    Manifest,
+    canonical_json,
+)
 from k3bundle.installer.host import units
 from k3bundle.installer.host.config import dump_yaml
 from k3bundle.installer.host.host_settings import merge_config, resolve_host
@@ -50,15 +58,15 @@ __all__ = [
     "resolve_host",
 ]
 
-SERVER_ONLY = ("chart", "helmchart-manifest")
+SERVER_ONLY = (KIND_CHART, KIND_HELMCHART_MANIFEST)
 
 # kind → (its folder inside k3s's data dir, mode); None: the k3s binary, in the bin dir.
 TARGETS: Mapping[str, Tuple[Optional[Callable[[str], str]], int]] = {
-    "k3s-binary": (None, 0o755),
-    "airgap-images": (images_dir, 0o644),
-    "images": (images_dir, 0o644),
-    "chart": (charts_dir, 0o644),
-    "helmchart-manifest": (manifests_dir, 0o600),
+    KIND_K3S_BINARY: (None, 0o755),
+    KIND_AIRGAP_IMAGES: (images_dir, 0o644),
+    KIND_IMAGES: (images_dir, 0o644),
+    KIND_CHART: (charts_dir, 0o644),
+    KIND_HELMCHART_MANIFEST: (manifests_dir, 0o600),
 }
 
 
@@ -101,9 +109,6 @@ class Plan:
     files: Tuple[Placement, ...]
     links: Tuple[Link, ...]
     skipped: Tuple[Entry, ...]
-    # Files an upgrade bundle (`build --since`) relies on: already on the host, never staged,
-    # kept in the new record (so uninstall removes them and a later --since counts them).
-    required: Tuple[Placement, ...] = ()
     # Payload placements by member path, built once: looking each entry up must not scan
     # every file (100,000 entries would take minutes).
     _by_path: Dict[str, Placement] = field(init=False, repr=False, compare=False)
@@ -117,17 +122,13 @@ class Plan:
         return self._by_path.get(entry.path)
 
 
-def required_entries(manifest: Manifest, arch: str) -> List[Entry]:
-    """The `requires` items for `arch` as entries (they land where PREVIOUS placed them)."""
-    return [
-        Entry(r.path, r.size, r.sha256, r.kind, 0o644, r.arch)
-        for r in requirements(manifest.extra)
-        if r.arch == arch
-    ]
-
-
 def target_of(entry: Entry, bin_dir: str = BIN_DIR, data_dir: str = DATA_DIR) -> Tuple[str, int]:
     """Where a payload entry lands on the host and with which mode."""
+    if entry.kind not in TARGETS:  # parse refuses it first; a hand-made Entry lands here
+        raise FormatError(
+            f"bundle member {entry.path} has an unknown kind {entry.kind!r}",
+            "Build the bundle again with a k3bundle of the same version as this installer.",
+        )
     folder, mode = TARGETS[entry.kind]
     if folder is None:
         return posixpath.join(bin_dir, "k3s"), mode
@@ -153,11 +154,6 @@ def plan_install(
     wanted = manifest.for_arch(arch)
     chosen = [e for e in wanted if host.role == "server" or e.kind not in SERVER_ONLY]
     payload = [Placement(*target_of(e, host.bin_dir, host.data_dir), entry=e) for e in chosen]
-    required = [
-        Placement(*target_of(e, host.bin_dir, host.data_dir), entry=e)
-        for e in required_entries(manifest, arch)
-    ]
-    payload += required
     _check_targets_unique(payload)
     generated = _generated_files(manifest, host)
     links = _command_links(host.bin_dir, existing_commands, options.symlink)
@@ -172,7 +168,7 @@ def plan_install(
     files.append(Placement(RECORD_PATH, 0o600, content=record))
     kept = {e.path for e in chosen}  # a set: `e not in chosen` would be quadratic
     skipped = tuple(e for e in manifest.entries if e.path not in kept)
-    return Plan(arch, service, tuple(files), tuple(links), skipped, tuple(required))
+    return Plan(arch, service, tuple(files), tuple(links), skipped)
 
 
 def _command_links(bin_dir: str, existing: Set[str], symlink: Optional[str]) -> List[Link]:
