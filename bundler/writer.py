@@ -1,4 +1,4 @@
-"""Write k3bundle/v1 bundles: one deterministic tar, optionally split into parts as it is written.
+"""Write k3bundle bundles: one deterministic tar, optionally split into parts as it is written.
 
 The format's definitions (manifest model, member names, parts index) come from the installer, which
 owns the format; this module only writes what those definitions describe.
@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tuple
 
@@ -28,14 +28,17 @@ from k3bundle.bundler.tarwrite import (
 )
 from k3bundle.installer.errors import InstallError, IntegrityError, UsageError
 from k3bundle.installer.format import (
+    DEFAULT_CHUNK,
     MANIFEST_NAME,
     PARTS_FORMAT,
     SIGNATURE_NAME,
+    Chunks,
     Entry,
     HashJob,
     HashPool,
     Manifest,
     Signature,
+    hash_chunks,
     parts_index_path,
     sha256_file,
 )
@@ -247,9 +250,10 @@ def write_bundle(
     split: Optional[int] = None,
     progress: Progress = lambda n: None,
     fresh: Collection[str] = (),
+    chunk: int = DEFAULT_CHUNK,
 ) -> BundleOutput:
     """Write `manifest` and its payload (member path → local file) as bundle `target`."""
-    staged = stage_bundle(target, manifest, files, signer, split, progress, fresh)
+    staged = stage_bundle(target, manifest, files, signer, split, progress, fresh, chunk)
     staged.commit()
     return staged.output
 
@@ -262,15 +266,18 @@ def stage_bundle(
     split: Optional[int] = None,
     progress: Progress = lambda n: None,
     fresh: Collection[str] = (),
+    chunk: int = DEFAULT_CHUNK,
 ) -> Staged:
     """Write the bundle (its parts and parts index) under temporary names, not yet in place.
 
     Every local file is hashed again while it is copied, except the members named in `fresh`:
-    files this very build downloaded or wrote, and hashed while it did.
+    files this very build downloaded or wrote, and hashed while it did. Each file larger than
+    `chunk` bytes gets chunk digests (k3bundle/v2), so the installer verifies it on all cores.
     """
     missing = [e.path for e in manifest.entries if e.path not in files]
     if missing:
         raise UsageError(f"no local file given for bundle member {missing[0]}")
+    manifest = with_chunks(manifest, files, chunk)
     data = manifest.to_bytes()
     sink = PartWriter(target, split)
     stale = any(e.path not in fresh for e in manifest.entries)
@@ -285,6 +292,42 @@ def stage_bundle(
         sink.abort()
         raise
     return stage_written(target, sink, hashlib.sha256(data).hexdigest(), split)
+
+
+def with_chunks(manifest: Manifest, files: Mapping[str, Path], chunk: int) -> Manifest:
+    """`manifest` with chunk digests on every entry larger than `chunk` bytes.
+
+    Every chunk of every such file is a job on one pool, so the pass runs on all cores. The
+    digests come from the bytes as they are now; a cached file that rotted since it was verified
+    is still caught by the whole-file check while it is copied (_InputChecks), and a chunk
+    digest taken from bytes that changed only makes the installer refuse: never a wrong file.
+    """
+    large = [e for e in manifest.entries if e.size > chunk]
+    if not large:
+        return replace(manifest, entries=tuple(replace(e, chunks=None) for e in manifest.entries))
+    digests: Dict[str, Tuple[str, ...]] = {}
+    with contextlib.ExitStack() as opened, HashPool() as pool:
+        jobs = {}
+        for entry in large:
+            local = files[entry.path]
+            fd = opened.enter_context(open(local, "rb", buffering=0)).fileno()
+            if os.fstat(fd).st_size != entry.size:
+                raise _changed(local, f"{os.fstat(fd).st_size} bytes", f"{entry.size} bytes")
+            jobs[entry.path] = hash_chunks(pool, fd, entry.size, chunk, local.name)
+        try:
+            pool.finish()
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"cannot read a payload file to take its chunk digests: {exc.message}",
+                "Check the disk that holds the cache and the build's input files.",
+            ) from None
+        for path, chunk_jobs in jobs.items():
+            digests[path] = tuple(job.result() for job in chunk_jobs)
+    entries = tuple(
+        replace(e, chunks=Chunks(chunk, digests[e.path]) if e.path in digests else None)
+        for e in manifest.entries
+    )
+    return replace(manifest, entries=entries)
 
 
 def stage_written(target: Path, sink: PartWriter, bundle_id: str, split: Optional[int]) -> Staged:

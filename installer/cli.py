@@ -22,7 +22,11 @@ from k3bundle.installer.errors import (
     edge_error,
     unexpected,
 )
-from k3bundle.installer.format.verify import inspect_bundle, verify_bundle
+from k3bundle.installer.format.verify import (
+    inspect_bundle,
+    read_manifest_bytes,
+    verify_bundle,
+)
 from k3bundle.installer.host.install import install
 from k3bundle.installer.host.install_args import install_options, join_exec, kubeconfig_lines
 from k3bundle.installer.host.lifecycle import recover_root, rollback, status, uninstall
@@ -136,6 +140,9 @@ def _dispatch(args: argparse.Namespace, progress: Progress) -> int:
         verb = "would remove" if args.dry_run else "removed"
         print(f"Uninstalled: {verb} {len(removed)} paths under {args.root}.")
         return 0
+    if args.command == "inspect" and args.manifest:
+        _write_bytes(read_manifest_bytes(args.bundle))
+        return 0
     if args.command == "inspect":
         summary = inspect_bundle(args.bundle)
         _emit(summary, args.json, inspect_lines)
@@ -145,6 +152,16 @@ def _dispatch(args: argparse.Namespace, progress: Progress) -> int:
         _emit(summary, args.json, verify_lines)
         return 0
     return _install(args, progress)
+
+
+def _write_bytes(data: bytes) -> None:
+    """Exact bytes on stdout (text only where stdout has no byte layer, as in tests)."""
+    out = getattr(sys.stdout, "buffer", None)
+    if out is None:
+        sys.stdout.write(data.decode("utf-8"))
+    else:
+        out.write(data)
+    sys.stdout.flush()
 
 
 def _install(args: argparse.Namespace, progress: Progress) -> int:

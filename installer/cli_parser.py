@@ -81,6 +81,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     inspect.add_argument(
         "--json", action="store_true", help="print the manifest summary as JSON on stdout"
     )
+    inspect.add_argument(
+        "--manifest",
+        action="store_true",
+        help="print the manifest's exact bytes (k3bundle.json) on stdout, e.g. to keep as "
+        "NAME.tar.json for a later 'k3bundle build --since'",
+    )
     return parser
 
 

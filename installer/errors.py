@@ -59,6 +59,12 @@ class InstallError(K3BundleError):
     exit_code = 7
 
 
+class RequirementError(K3BundleError):
+    """An upgrade bundle (built with --since) relies on files this host does not hold."""
+
+    exit_code = 10
+
+
 class FetchError(K3BundleError):
     """A download or registry request failed for good (connected side)."""
 
@@ -80,6 +86,7 @@ EXIT_CODES = {
     InstallError.exit_code: "the host could not be changed (not root, disk full, read-only, ...)",
     FetchError.exit_code: "a download failed (build side)",
     9: "status: files on disk no longer match the install record",
+    RequirementError.exit_code: "an upgrade bundle (--since) needs files this host does not hold",
     INTERRUPTED: "interrupted (Ctrl-C)",
     BROKEN_PIPE: "the reader of stdout went away (e.g. '| head'); output was cut short",
 }

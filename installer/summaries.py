@@ -35,6 +35,7 @@ def inspect_lines(summary: Dict[str, Any]) -> List[str]:
         f"signed by:     {signed}",
         f"payload:       {len(summary['files'])} files, {human_size(summary['size'])}"
         + _held_part(summary),
+        *since_lines(summary),
     ]
     for part in summary.get("parts", []):
         out.append(f"part:          {part['name']} ({human_size(part['size'])})")
@@ -61,6 +62,33 @@ def inspect_lines(summary: Dict[str, Any]) -> List[str]:
         )
         out.append(f"  {'':<18} sha256 {item['sha256']}  from {source}")
     return out
+
+
+def since_lines(summary: Dict[str, Any]) -> List[str]:
+    """An upgrade bundle's (build --since) base, the files it relies on and the bytes saved."""
+    since: Optional[Dict[str, Any]] = summary.get("since")
+    if not since:
+        return []
+    required = summary.get("requires") or []
+    relied = sum(int(r["size"]) for r in required)
+    carried = int(summary["size"])
+    full = int(since.get("full_size") or carried + relied)
+    saved = max(full - carried, 0)
+    share = f", {100 * saved // full} %" if full else ""
+    lines = [
+        f"upgrade of:    {since['name']} (k3s {since['k3s_version']}, "
+        f"id {since['bundle_id'][:12]}); installs only where that bundle is installed",
+        f"relies on:     {len(required)} files ({human_size(relied)}) the host already holds",
+        f"saving:        carries {human_size(carried)} of the {human_size(full)} a full bundle "
+        f"would: {human_size(saved)} not carried{share}",
+    ]
+    for item in required:
+        lines.append(
+            f"  {'required ' + item['kind']:<18} {item['arch']:<6} "
+            f"{human_size(item['size']):>10}  {item['path']}"
+        )
+        lines.append(f"  {'':<18} sha256 {item['sha256']}  (on the host, not in this bundle)")
+    return lines
 
 
 def verify_lines(summary: Dict[str, Any]) -> List[str]:

@@ -5,6 +5,7 @@ format only through the names below (tests/test_layout.py checks), so what lies 
 change without the builder noticing.
 """
 
+from k3bundle.installer.format.chunkhash import hash_chunks
 from k3bundle.installer.format.copying import copy_range
 from k3bundle.installer.format.hashing import O_BINARY, HashJob, HashPool, sha256_file
 from k3bundle.installer.format.jsondoc import load_json
@@ -24,13 +25,29 @@ from k3bundle.installer.format.manifest import (
     check_arch,
 )
 from k3bundle.installer.format.manifest import parse as parse_manifest
+from k3bundle.installer.format.manifest_fields import DEFAULT_CHUNK, Chunks
 from k3bundle.installer.format.parts import PARTS_FORMAT, PARTS_SUFFIX, parts_index_path
+from k3bundle.installer.format.requires import (
+    Requirement,
+    Since,
+    requirements,
+    requires_json,
+    since_of,
+)
+from k3bundle.installer.format.requires import (
+    Requirement,
+    Since,
+    requirements,
+    requires_json,
+    since_of,
+)
 from k3bundle.installer.format.signature import Signature, key_id_of
 from k3bundle.installer.format.slices import Holding
 from k3bundle.installer.format.sources import BundleSource, Header
 
 __all__ = [
     "ARCHES",
+    "DEFAULT_CHUNK",
     "KINDS",
     "KIND_AIRGAP_IMAGES",
     "KIND_CHART",
@@ -43,19 +60,31 @@ __all__ = [
     "PARTS_SUFFIX",
     "SIGNATURE_NAME",
     "BundleSource",
+    "Chunks",
     "Entry",
     "HashJob",
     "HashPool",
     "Header",
     "Holding",
     "Manifest",
+    "Requirement",
+    "Requirement",
     "Signature",
+    "Since",
+    "Since",
     "arch_from_machine",
     "check_arch",
     "copy_range",
+    "hash_chunks",
     "key_id_of",
     "load_json",
     "parse_manifest",
     "parts_index_path",
+    "requirements",
+    "requires_json",
+    "requirements",
+    "requires_json",
     "sha256_file",
+    "since_of",
+    "since_of",
 ]

@@ -13,16 +13,23 @@ from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from k3bundle.installer.errors import ArchError, FormatError, UsageError
 from k3bundle.installer.format import manifest_fields as fields
+from k3bundle.installer.format import requires
+from k3bundle.installer.format import requires
 from k3bundle.installer.format.jsondoc import load_json
 from k3bundle.installer.format.manifest_fields import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
+    Chunks,
     check_member_path,
 )
 
 __all__ = ["MANIFEST_NAME", "SIGNATURE_NAME", "check_member_path"]  # re-exported for the bundler
 
 FORMAT = "k3bundle/v1"
+# v2 adds optional fields a v1 installer must not ignore: `requires`/`since` (requires.py).
+# v2 adds optional fields a v1 installer must not ignore: `requires`/`since` (requires.py).
+FORMAT_V2 = "k3bundle/v2"
+FORMATS = (FORMAT, FORMAT_V2)
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # checked from the tar header, before the member is read
 MAX_SIGNATURE_BYTES = 64 * 1024  # a real signature member is about 200 bytes
 
@@ -69,10 +76,11 @@ class Entry:
     mode: int = 0o644
     arch: Optional[str] = None
     source: Mapping[str, str] = field(default_factory=dict)
+    chunks: Optional[Chunks] = None  # k3bundle/v2: digests of its slices (manifest_fields)
 
     def to_json(self) -> Dict[str, Any]:
         """The entry as it appears in the manifest."""
-        return {
+        doc = {
             "path": self.path,
             "size": self.size,
             "sha256": self.sha256,
@@ -81,6 +89,9 @@ class Entry:
             "arch": self.arch,
             "source": dict(self.source),
         }
+        if self.chunks is not None:  # absent, not null: a v1 entry's bytes stay as they were
+            doc["chunks"] = self.chunks.to_json()
+        return doc
 
     @property
     def name(self) -> str:
@@ -105,7 +116,7 @@ class Manifest:
         """The manifest as a JSON-ready dict."""
         doc: Dict[str, Any] = dict(self.extra)
         doc.update(
-            format=FORMAT,
+            format=FORMAT_V2 if needs_v2(self.extra) or _chunked(self.entries) else FORMAT,
             k3s_version=self.k3s_version,
             architectures=list(self.architectures),
             files=[e.to_json() for e in self.entries],
@@ -165,6 +176,10 @@ def parse(data: bytes) -> Manifest:
     known = {"format", "k3s_version", "architectures", "files", "install"}
     extra = {k: v for k, v in doc.items() if k not in known}
     _check_summaries(extra)
+    _check_v2_fields(doc.get("format"), extra, arches, entries)
+    _check_v2_fields(doc.get("format"), extra, arches, entries)
+    if _chunked(entries) and doc.get("format") != FORMAT_V2:
+        raise FormatError(f"{MANIFEST_NAME} has chunk digests but declares {doc.get('format')!r}")
     return Manifest(
         k3s_version=fields.text(doc, "k3s_version", MANIFEST_NAME, fields.K3S_VERSION),
         architectures=arches,
@@ -174,12 +189,43 @@ def parse(data: bytes) -> Manifest:
     )
 
 
+def _chunked(entries: Tuple[Entry, ...]) -> bool:
+    return any(e.chunks is not None for e in entries)
+
+
+def needs_v2(extra: Mapping[str, Any]) -> bool:
+    """True when the manifest's top-level fields are ones only a k3bundle/v2 reader knows."""
+    return any(extra.get(key) is not None for key in (requires.REQUIRES, requires.SINCE))
+
+
+def _check_v2_fields(
+    declared: Any, extra: Mapping[str, Any], arches: Tuple[str, ...], entries: Tuple[Entry, ...]
+) -> None:
+    if needs_v2(extra) and declared != FORMAT_V2:
+        raise FormatError(f"{MANIFEST_NAME} has 'requires'/'since' but declares {declared!r}")
+    requires.check_requires(extra, arches, (e.path for e in entries))
+
+
+def needs_v2(extra: Mapping[str, Any]) -> bool:
+    """True when the manifest's top-level fields are ones only a k3bundle/v2 reader knows."""
+    return any(extra.get(key) is not None for key in (requires.REQUIRES, requires.SINCE))
+
+
+def _check_v2_fields(
+    declared: Any, extra: Mapping[str, Any], arches: Tuple[str, ...], entries: Tuple[Entry, ...]
+) -> None:
+    if needs_v2(extra) and declared != FORMAT_V2:
+        raise FormatError(f"{MANIFEST_NAME} has 'requires'/'since' but declares {declared!r}")
+    requires.check_requires(extra, arches, (e.path for e in entries))
+
+
 def _check_format(value: Any) -> None:
-    if value == FORMAT:
+    if value in FORMATS:
         return
     shown = value if isinstance(value, (str, type(None))) else type(value).__name__
     raise FormatError(
-        f"{MANIFEST_NAME} declares format {shown!r}; this installer reads only {FORMAT}",
+        f"{MANIFEST_NAME} declares format {shown!r}; this installer reads only "
+        f"{' and '.join(FORMATS)}",
         "Use the k3bundle-install.pyz that came with the bundle, or a newer k3bundle.",
     )
 
@@ -211,7 +257,8 @@ def _parse_entry(item: Mapping[str, Any], arches: Tuple[str, ...]) -> Entry:
         raise FormatError(f"{where} has an architecture {arch!r} not listed")
     size = fields.integer(item, "size", where)
     mode = fields.mode(item, where)
-    return Entry(path, size, sha, kind, mode, arch, fields.string_map(item, "source", where))
+    source = fields.string_map(item, "source", where)
+    return Entry(path, size, sha, kind, mode, arch, source, fields.chunks(item, size, where))
 
 
 def _parse_install(doc: Mapping[str, Any]) -> Dict[str, Any]:

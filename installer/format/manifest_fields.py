@@ -9,7 +9,8 @@ integer is expected (True is an int in Python).
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Mapping, Optional, Pattern
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Pattern, Tuple
 
 from k3bundle.installer.errors import FormatError
 
@@ -18,6 +19,11 @@ SIGNATURE_NAME = "k3bundle.json.sig"
 MAX_ENTRY_SIZE = 1 << 50  # 1 PiB: far above any k3s payload, far below what breaks arithmetic
 MAX_PATH = 1024
 MAX_TEXT = 4096
+# Chunk digests (k3bundle/v2): a power of two in these bounds; the builder's choice is measured
+# (bench/install_vs_tar.py): small enough that the workers hash right behind the kernel copy.
+MIN_CHUNK = 1 << 16
+MAX_CHUNK = 1 << 30
+DEFAULT_CHUNK = 16 << 20
 # The installer stages files as `.NAME.k3bundle-tmp...`: a member named like that could collide.
 STAGING_MARK = ".k3bundle-tmp"
 
@@ -117,3 +123,59 @@ def check_member_path(path: str) -> str:
     if bad or path in (MANIFEST_NAME, SIGNATURE_NAME):
         raise FormatError(f"bundle member {path[:300]!r} has a name k3bundle/v1 does not allow")
     return path
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """The sha256 of each consecutive `size`-byte slice of a file (the last one shorter).
+
+    They let the installer verify one large file on every core, slice by slice. They are part
+    of the signed manifest, next to the file's whole sha256, which the signer computed from the
+    same bytes.
+    """
+
+    size: int
+    sha256: Tuple[str, ...]
+
+    def to_json(self) -> Dict[str, Any]:
+        """The `chunks` object of a manifest entry."""
+        return {"size": self.size, "sha256": list(self.sha256)}
+
+    def spans(self, total: int) -> List[Tuple[int, int]]:
+        """(offset, length) of each chunk of a `total`-byte file."""
+        return [(start, min(self.size, total - start)) for start in range(0, total, self.size)]
+
+
+def chunk_count(total: int, size: int) -> int:
+    """How many `size`-byte chunks a `total`-byte file has (the last one may be shorter)."""
+    return -(-total // size)
+
+
+def chunks(doc: Mapping[str, Any], total: int, where: str) -> Optional[Chunks]:
+    """An entry's optional `chunks`: a power-of-two size in bounds, one digest per chunk.
+
+    Only a file larger than one chunk carries them (a single chunk would only repeat the
+    file's sha256): one shape per file, so the same file always gets the same entry.
+    """
+    if "chunks" not in doc:
+        return None
+    value = doc["chunks"]
+    if not isinstance(value, dict) or set(value) != {"size", "sha256"}:
+        raise FormatError(f"{where}: field 'chunks' is not an object of 'size' and 'sha256'")
+    size = integer(value, "size", f"{where}: chunks", MAX_CHUNK)
+    if size < MIN_CHUNK or size & (size - 1):
+        raise FormatError(
+            f"{where}: chunk size {size} is not a power of two from {MIN_CHUNK} to {MAX_CHUNK}"
+        )
+    if total <= size:
+        raise FormatError(f"{where} has chunks of {size} bytes but only {total} bytes")
+    digests = array(value, "sha256", f"{where}: chunks")
+    if len(digests) != chunk_count(total, size):
+        raise FormatError(
+            f"{where} lists {len(digests)} chunk digests; {total} bytes in chunks of {size} "
+            f"make {chunk_count(total, size)}"
+        )
+    for position, digest in enumerate(digests):
+        if not isinstance(digest, str) or not SHA256.fullmatch(digest):
+            raise FormatError(f"{where}: chunk digest {position} is not 64 lowercase hex digits")
+    return Chunks(size, tuple(digests))

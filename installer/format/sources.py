@@ -25,6 +25,7 @@ from typing import (
 )
 
 from k3bundle.installer.errors import FormatError, IntegrityError, K3BundleError
+from k3bundle.installer.format.chunkhash import Publisher, add_chunk_jobs
 from k3bundle.installer.format.hashing import (
     CHUNK,
     HashJob,
@@ -53,7 +54,7 @@ class VerifyingStream:
     """A member's bytes, hashed as they are read and checked against the entry at the end.
 
     In a plain bundle file the member can instead be taken in place (`extent`): the caller
-    copies it with the kernel and hands the hashing to a HashPool job (`staged_job`,
+    copies it with the kernel and hands the hashing to HashPool jobs (`hash_staged`,
     `verify_in`).
     """
 
@@ -75,16 +76,25 @@ class VerifyingStream:
         self.checked = extent is not None
         return extent
 
-    def staged_job(self, staged: Path, sync: bool = False) -> HashJob:
-        """A job that hashes the staged copy of this member as a copier fills it (and, with
-        `sync`, flushes it to disk once it checked out)."""
-        return HashJob(self.entry, self.bundle, [(staged, 0, self.entry.size)], 0, sync)
+    def hash_staged(self, pool: HashPool, staged: Path, sync: bool = False) -> Publisher:
+        """Queue the job(s) that hash the staged copy of this member as a copier fills it (and,
+        with `sync`, flush it to disk once it checked out); the copier publishes to the result.
+
+        A member with chunk digests (k3bundle/v2) gets one job per chunk, so one large file is
+        hashed on every worker; the others one job for the whole file.
+        """
+        whole = [(staged, 0, self.entry.size)]
+        if self.entry.chunks is not None:
+            return add_chunk_jobs(pool, self.entry, self.bundle, whole, 0, staged if sync else None)
+        return pool.add(HashJob(self.entry, self.bundle, whole, 0, sync))
 
     def verify_in(self, pool: HashPool, progress: Callable[[int], None]) -> None:
-        """Verify without placing: a pool job over the bytes in place, else read through."""
+        """Verify without placing: pool jobs over the bytes in place, else read through."""
         extent = self.extent()
         if extent is None:
             self.drain(progress)
+        elif self.entry.chunks is not None:
+            add_chunk_jobs(pool, self.entry, self.bundle, extent, self.entry.size)
         else:
             pool.add(HashJob(self.entry, self.bundle, extent, self.entry.size))
 

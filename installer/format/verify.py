@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from k3bundle.installer.errors import TrustError
 from k3bundle.installer.format.hashing import HashPool
 from k3bundle.installer.format.manifest import Manifest, parse
+from k3bundle.installer.format.requires import requirements
 from k3bundle.installer.format.signature import (
     PublicKey,
     backend_name,
@@ -107,6 +108,14 @@ def inspect_bundle(bundle: str) -> Dict[str, Any]:
     return summary
 
 
+def read_manifest_bytes(bundle: str) -> bytes:
+    """The manifest member's exact bytes (what `build --since` reads; its sha256 is the id)."""
+    with BundleSource(bundle) as source:
+        data = source.read_header().manifest
+    parse(data)  # a malformed manifest is refused here too, not handed on
+    return data
+
+
 def describe(
     manifest: Manifest, bundle_id: str, name: str, holding: Optional[Holding] = None
 ) -> Dict[str, Any]:
@@ -124,4 +133,6 @@ def describe(
         "images": list(manifest.extra.get("images") or []),
         "charts": list(manifest.extra.get("charts") or []),
         "slice": holding.to_json(),
+        "requires": [r.to_json() for r in requirements(manifest.extra)],
+        "since": manifest.extra.get("since"),
     }

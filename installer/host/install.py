@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
+import stat
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Set, Tuple
 
@@ -41,6 +43,8 @@ from k3bundle.installer.host.preflight import (
     check_space,
     choose_bin_dir,
 )
+from k3bundle.installer.host.prerequisites import check_required
+from k3bundle.installer.host.prerequisites import check_required
 from k3bundle.installer.host.record import Record
 from k3bundle.installer.host.service import (
     Report,
@@ -133,6 +137,8 @@ def _install(
         plan, host = _plan(auth, options, dest, previous, made_for_lock, report)
         dest.check_placeable([*plan_targets(plan), *(link.path for link in plan.links)])
         current = {p.target for p in plan.files if dest.is_current(p)}
+        check_required(plan, auth.manifest, previous, current, lambda t: _disk_size(dest, t))
+        check_required(plan, auth.manifest, previous, current, lambda t: _disk_size(dest, t))
         check_space(dest.fs, [p for p in plan.files if p.target not in current])
         outcome = Outcome(auth.manifest.k3s_version, plan.arch, plan.service)
         change = _change(plan, current, dest, previous)
@@ -159,6 +165,24 @@ def _install(
     else:
         _say_service(options, outcome, report)
     return outcome
+
+
+def _disk_size(dest: HostDestination, target: str) -> Optional[int]:
+    """The size of a regular file at `target`, None when there is none (or a link)."""
+    try:
+        info = dest.path(target).lstat()
+    except OSError:
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _disk_size(dest: HostDestination, target: str) -> Optional[int]:
+    """The size of a regular file at `target`, None when there is none (or a link)."""
+    try:
+        info = dest.path(target).lstat()
+    except OSError:
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
 def _kubeconfig(host: HostSettings) -> Optional[str]:
@@ -292,7 +316,7 @@ def _stage_member(
     if extent is None:
         dest.stage(placement, stream.chunks(), progress.advance, sync)
         return
-    job = pool.add(stream.staged_job(dest.staged_path(placement.target), sync))
+    job = stream.hash_staged(pool, dest.staged_path(placement.target), sync)  # per chunk in v2
 
     def published(count: int) -> None:
         job.publish(count)

@@ -22,6 +22,7 @@ from k3bundle.installer.format.manifest import (
     Manifest,
     canonical_json,
 )
+from k3bundle.installer.format.requires import requirements
 from k3bundle.installer.host import units
 from k3bundle.installer.host.config import dump_yaml
 from k3bundle.installer.host.host_settings import merge_config, resolve_host
@@ -109,6 +110,9 @@ class Plan:
     files: Tuple[Placement, ...]
     links: Tuple[Link, ...]
     skipped: Tuple[Entry, ...]
+    # Files an upgrade bundle (`build --since`) relies on: already on the host, never staged,
+    # kept in the new record (so uninstall removes them and a later --since counts them).
+    required: Tuple[Placement, ...] = ()
     # Payload placements by member path, built once: looking each entry up must not scan
     # every file (100,000 entries would take minutes).
     _by_path: Dict[str, Placement] = field(init=False, repr=False, compare=False)
@@ -120,6 +124,15 @@ class Plan:
     def placement_for(self, entry: Entry) -> Optional[Placement]:
         """The placement of a payload entry, or None when this host skips it."""
         return self._by_path.get(entry.path)
+
+
+def required_entries(manifest: Manifest, arch: str) -> List[Entry]:
+    """The `requires` items for `arch` as entries (they land where PREVIOUS placed them)."""
+    return [
+        Entry(r.path, r.size, r.sha256, r.kind, 0o644, r.arch)
+        for r in requirements(manifest.extra)
+        if r.arch == arch
+    ]
 
 
 def target_of(entry: Entry, bin_dir: str = BIN_DIR, data_dir: str = DATA_DIR) -> Tuple[str, int]:
@@ -154,6 +167,11 @@ def plan_install(
     wanted = manifest.for_arch(arch)
     chosen = [e for e in wanted if host.role == "server" or e.kind not in SERVER_ONLY]
     payload = [Placement(*target_of(e, host.bin_dir, host.data_dir), entry=e) for e in chosen]
+    required = [
+        Placement(*target_of(e, host.bin_dir, host.data_dir), entry=e)
+        for e in required_entries(manifest, arch)
+    ]
+    payload += required
     _check_targets_unique(payload)
     generated = _generated_files(manifest, host)
     links = _command_links(host.bin_dir, existing_commands, options.symlink)
@@ -168,7 +186,7 @@ def plan_install(
     files.append(Placement(RECORD_PATH, 0o600, content=record))
     kept = {e.path for e in chosen}  # a set: `e not in chosen` would be quadratic
     skipped = tuple(e for e in manifest.entries if e.path not in kept)
-    return Plan(arch, service, tuple(files), tuple(links), skipped)
+    return Plan(arch, service, tuple(files), tuple(links), skipped, tuple(required))
 
 
 def _command_links(bin_dir: str, existing: Set[str], symlink: Optional[str]) -> List[Link]:

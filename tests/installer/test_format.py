@@ -72,14 +72,25 @@ def test_manifest_declares_format_v1() -> None:
 
 
 def test_newer_format_is_refused_with_a_message_naming_the_format() -> None:
+    """What the released v1 installer said of a v2 bundle, this one says of a v3 bundle."""
     doc = _doc()
-    doc["format"] = "k3bundle/v2"
+    doc["format"] = "k3bundle/v3"
     with pytest.raises(FormatError) as caught:
         _parse_doc(doc)
-    assert "k3bundle/v2" in caught.value.message
-    assert "k3bundle/v1" in caught.value.message
+    assert caught.value.message == (
+        "k3bundle.json declares format 'k3bundle/v3'; this installer reads only k3bundle/v1 and "
+        "k3bundle/v2"
+    )
     assert caught.value.exit_code == 3
+    assert "k3bundle-install.pyz that came with the bundle" in caught.value.diagnostics()
     assert "newer k3bundle" in caught.value.diagnostics()
+
+
+@pytest.mark.parametrize("declared", ["k3bundle/v1", "k3bundle/v2"])
+def test_both_v1_and_v2_manifests_parse(declared: str) -> None:
+    doc = _doc()
+    doc["format"] = declared
+    assert _parse_doc(doc).entries == _manifest().entries
 
 
 def _set_file(key: str, value: Any) -> Mutation:
