@@ -34,13 +34,6 @@ from k3bundle.installer.format.requires import (
     requires_json,
     since_of,
 )
-from k3bundle.installer.format.requires import (
-    Requirement,
-    Since,
-    requirements,
-    requires_json,
-    since_of,
-)
 from k3bundle.installer.format.signature import Signature, key_id_of
 from k3bundle.installer.format.slices import Holding
 from k3bundle.installer.format.sources import BundleSource, Header
@@ -68,9 +61,7 @@ __all__ = [
     "Holding",
     "Manifest",
     "Requirement",
-    "Requirement",
     "Signature",
-    "Since",
     "Since",
     "arch_from_machine",
     "check_arch",
@@ -82,9 +73,6 @@ __all__ = [
     "parts_index_path",
     "requirements",
     "requires_json",
-    "requirements",
-    "requires_json",
     "sha256_file",
-    "since_of",
     "since_of",
 ]

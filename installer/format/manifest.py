@@ -14,7 +14,6 @@ from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 from k3bundle.installer.errors import ArchError, FormatError, UsageError
 from k3bundle.installer.format import manifest_fields as fields
 from k3bundle.installer.format import requires
-from k3bundle.installer.format import requires
 from k3bundle.installer.format.jsondoc import load_json
 from k3bundle.installer.format.manifest_fields import (
     MANIFEST_NAME,
@@ -26,7 +25,6 @@ from k3bundle.installer.format.manifest_fields import (
 __all__ = ["MANIFEST_NAME", "SIGNATURE_NAME", "check_member_path"]  # re-exported for the bundler
 
 FORMAT = "k3bundle/v1"
-# v2 adds optional fields a v1 installer must not ignore: `requires`/`since` (requires.py).
 # v2 adds optional fields a v1 installer must not ignore: `requires`/`since` (requires.py).
 FORMAT_V2 = "k3bundle/v2"
 FORMATS = (FORMAT, FORMAT_V2)
@@ -177,7 +175,6 @@ def parse(data: bytes) -> Manifest:
     extra = {k: v for k, v in doc.items() if k not in known}
     _check_summaries(extra)
     _check_v2_fields(doc.get("format"), extra, arches, entries)
-    _check_v2_fields(doc.get("format"), extra, arches, entries)
     if _chunked(entries) and doc.get("format") != FORMAT_V2:
         raise FormatError(f"{MANIFEST_NAME} has chunk digests but declares {doc.get('format')!r}")
     return Manifest(
@@ -191,19 +188,6 @@ def parse(data: bytes) -> Manifest:
 
 def _chunked(entries: Tuple[Entry, ...]) -> bool:
     return any(e.chunks is not None for e in entries)
-
-
-def needs_v2(extra: Mapping[str, Any]) -> bool:
-    """True when the manifest's top-level fields are ones only a k3bundle/v2 reader knows."""
-    return any(extra.get(key) is not None for key in (requires.REQUIRES, requires.SINCE))
-
-
-def _check_v2_fields(
-    declared: Any, extra: Mapping[str, Any], arches: Tuple[str, ...], entries: Tuple[Entry, ...]
-) -> None:
-    if needs_v2(extra) and declared != FORMAT_V2:
-        raise FormatError(f"{MANIFEST_NAME} has 'requires'/'since' but declares {declared!r}")
-    requires.check_requires(extra, arches, (e.path for e in entries))
 
 
 def needs_v2(extra: Mapping[str, Any]) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-import stat
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Set, Tuple
 
@@ -43,7 +42,6 @@ from k3bundle.installer.host.preflight import (
     check_space,
     choose_bin_dir,
 )
-from k3bundle.installer.host.prerequisites import check_required
 from k3bundle.installer.host.prerequisites import check_required
 from k3bundle.installer.host.record import Record
 from k3bundle.installer.host.service import (
@@ -138,7 +136,6 @@ def _install(
         dest.check_placeable([*plan_targets(plan), *(link.path for link in plan.links)])
         current = {p.target for p in plan.files if dest.is_current(p)}
         check_required(plan, auth.manifest, previous, current, lambda t: _disk_size(dest, t))
-        check_required(plan, auth.manifest, previous, current, lambda t: _disk_size(dest, t))
         check_space(dest.fs, [p for p in plan.files if p.target not in current])
         outcome = Outcome(auth.manifest.k3s_version, plan.arch, plan.service)
         change = _change(plan, current, dest, previous)
@@ -165,15 +162,6 @@ def _install(
     else:
         _say_service(options, outcome, report)
     return outcome
-
-
-def _disk_size(dest: HostDestination, target: str) -> Optional[int]:
-    """The size of a regular file at `target`, None when there is none (or a link)."""
-    try:
-        info = dest.path(target).lstat()
-    except OSError:
-        return None
-    return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
 def _disk_size(dest: HostDestination, target: str) -> Optional[int]:
