@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
-from k3bundle.bundler import uptodate
+from k3bundle.bundler import since, uptodate
 from k3bundle.bundler.cache import Cache
 from k3bundle.bundler.keys import Prompt, load_signer
 from k3bundle.bundler.net.fetch import Fetcher, FetchEvents
@@ -81,7 +81,10 @@ def build(
         )
         resolved = release.resolve(ctx)
         ctx = replace(ctx, version=resolved.version)
-        return _finish(ctx, resolved, produce(ctx, PRODUCERS))
+        produced = produce(ctx, PRODUCERS)
+        if settings.since is not None:  # every producer's entries known, nothing written yet
+            produced = since.apply(ctx, produced)
+        return _finish(ctx, resolved, produced)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

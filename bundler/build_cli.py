@@ -166,6 +166,15 @@ SITE_CONFIG = "k3bundle.site_config"
     help=f"Site config [default: {default_path()}].",
 )
 @click.option(
+    "--since",
+    "since",
+    metavar="PREVIOUS",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Upgrade bundle: leave out the image archives and images PREVIOUS (a bundle, a part, "
+    "its parts index or its manifest from 'k3bundle inspect --manifest') delivered; hosts "
+    "must hold them.",
+)
+@click.option(
     "--force",
     is_flag=True,
     help="Write everything again even when -o already holds this very build.",
@@ -259,6 +268,7 @@ def settings_from(
         charts=_charts(spec, flags["chart"]),
         registries=_registries(spec, flags, site or SiteConfig()),
         force=flags["force"],
+        since=flags.get("since"),
     )
 
 

@@ -53,6 +53,7 @@ class BuildSettings:
     charts: Tuple[ChartSpec, ...] = ()
     registries: RegistryOptions = field(default_factory=RegistryOptions)
     force: bool = False  # write everything again even when DIR already holds this build
+    since: Optional[Path] = None  # --since PREVIOUS: leave out the images it delivered
 
 
 @dataclass(frozen=True)
