@@ -272,7 +272,8 @@ def stage_bundle(
 
     Every local file is hashed again while it is copied, except the members named in `fresh`:
     files this very build downloaded or wrote, and hashed while it did. Each file larger than
-    `chunk` bytes gets chunk digests (k3bundle/v2), so the installer verifies it on all cores.
+    `chunk` bytes gets chunk digests (k3bundle/v2), so the installer verifies it on all cores;
+    such a file is always hashed whole again while it is copied, fresh or not (with_chunks).
     """
     missing = [e.path for e in manifest.entries if e.path not in files]
     if missing:
@@ -280,6 +281,7 @@ def stage_bundle(
     manifest = with_chunks(manifest, files, chunk)
     data = manifest.to_bytes()
     sink = PartWriter(target, split)
+    fresh = {e.path for e in manifest.entries if e.path in fresh and e.chunks is None}
     stale = any(e.path not in fresh for e in manifest.entries)
     checks = _InputChecks() if stale else None
     try:
@@ -298,9 +300,11 @@ def with_chunks(manifest: Manifest, files: Mapping[str, Path], chunk: int) -> Ma
     """`manifest` with chunk digests on every entry larger than `chunk` bytes.
 
     Every chunk of every such file is a job on one pool, so the pass runs on all cores. The
-    digests come from the bytes as they are now; a cached file that rotted since it was verified
-    is still caught by the whole-file check while it is copied (_InputChecks), and a chunk
-    digest taken from bytes that changed only makes the installer refuse: never a wrong file.
+    digests come from the bytes as they are now, so each such file is also hashed whole while
+    it is copied (_InputChecks), even when this build just downloaded it: an installer that
+    checks only the chunks records the whole-file sha256 as the placed file's, which holds
+    only if the bytes copied are the bytes that sha256 was taken of. Bytes that changed between
+    the chunk pass and the copy give a bundle the installer refuses: never a wrong file.
     """
     large = [e for e in manifest.entries if e.size > chunk]
     if not large:

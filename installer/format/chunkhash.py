@@ -4,6 +4,14 @@ A real release is dominated by one file (the airgap image tarball, about three q
 bytes); one sha256 stream over it runs on one core while `tar -xf` only copies. A v2 manifest
 carries the sha256 of each CHUNK-byte slice of such a file (manifest_fields.Chunks), so the
 installer hands every slice to its own HashPool job, and the builder computes them the same way.
+
+Why the install record may then keep the entry's whole-file sha256 although the installer never
+hashed the file whole: the signed manifest binds that sha256 to the chunk digests. The signer's
+builder took both of the same bytes (it hashes every chunked file whole again while it copies it
+into the bundle, writer.with_chunks), so bytes that match every signed chunk digest are those
+bytes, and their sha256 is the one the manifest states; other bytes with the same chunk digests
+would need a sha256 collision. The upstream sha256 stays recorded in the entry's `source` and was
+checked at build time.
 """
 
 from __future__ import annotations

@@ -274,3 +274,22 @@ def test_a_split_bundle_with_a_chunked_member_installs_and_verifies(
         str(out.files[0]), [str(signer.public)], str(tmp_path), False, Progress()
     )
     assert summary["verified"] is True
+
+
+def test_a_fresh_chunked_file_is_still_hashed_whole_while_it_is_copied(tmp_path: Path) -> None:
+    """The installer records the whole-file sha256 after checking only chunks: the builder must
+    prove that the bytes it copies are the bytes that sha256 was taken of, even for a file this
+    very build just downloaded."""
+    payload = make_payload(tmp_path / "payload", ("amd64",))
+    images, _ = payload[IMAGES]
+    images.write_bytes(IMAGE_BYTES[:-1] + b"\0")  # changed since it was hashed (same size)
+    entries = tuple(
+        e if e.path != IMAGES else Entry(IMAGES, len(IMAGE_BYTES), _sha(), e.kind, arch="amd64")
+        for _, e in payload.values()
+    )
+    manifest = Manifest("v1.31.4+k3s1", ("amd64",), entries)
+    files = {path: local for path, (local, _) in payload.items()}
+    with pytest.raises(IntegrityError) as caught:
+        write_bundle(tmp_path / "b.tar", manifest, files, fresh=set(files), chunk=CHUNK)
+    assert f"{images} changed since it was verified" in caught.value.message
+    assert not list(tmp_path.glob("*b.tar*"))
