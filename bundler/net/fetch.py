@@ -12,7 +12,7 @@ import hashlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Sequence, Set
+from typing import Callable, Dict, Optional, Sequence, Set, TypeVar
 
 import requests
 
@@ -27,22 +27,23 @@ from k3bundle.bundler.net.limits import (
 )
 from k3bundle.bundler.net.transport import (
     RETRY_STATUS,
-    TRANSIENT,
     USER_AGENT,
     Cancel,
     FetchSettings,
+    RetryLater,
     Tally,
     make_session,
     retry_after,
-    retry_delay,
     run_parallel,
     stream_body,
+    with_retries,
 )
 from k3bundle.installer.errors import FetchError, IntegrityError
 
 __all__ = ["USER_AGENT", "FetchSettings", "make_session"]  # their home is bundler/net/transport.py
 
 CHUNK = 1 << 20
+_T = TypeVar("_T")
 DEFAULT_SETTINGS = FetchSettings()
 
 
@@ -83,12 +84,6 @@ class NotFoundError(FetchError):
     """The server says the file does not exist (HTTP 404)."""
 
 
-class _Retry(Exception):
-    def __init__(self, reason: str, delay: Optional[float] = None) -> None:
-        super().__init__(reason)
-        self.reason, self.delay = reason, delay
-
-
 class Fetcher:
     """Fetches verified files into a Cache, in parallel, resuming where transfers broke off."""
 
@@ -127,17 +122,11 @@ class Fetcher:
     def get_text(self, url: str, max_bytes: int = MAX_TEXT) -> str:
         """A small UTF-8 text file (a checksum file) of at most `max_bytes`, with the same retry
         rules as downloads."""
-        for attempt in self._attempts(url):
-            try:
-                data = self._get_bytes_once(url, max_bytes)
-            except _Retry as retry:
-                self._pause(attempt, url, retry)
-                continue
-            try:
-                return data.decode("utf-8")
-            except UnicodeDecodeError:
-                raise FetchError(f"{url} is not UTF-8 text", "Check the URL.") from None
-        raise AssertionError("unreachable")
+        data = self._retrying(url, lambda: self._get_bytes_once(url, max_bytes))
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FetchError(f"{url} is not UTF-8 text", "Check the URL.") from None
 
     def _get_bytes_once(self, url: str, max_bytes: int) -> bytes:
         try:
@@ -147,8 +136,6 @@ class Fetcher:
                 return read_bounded(response, max_bytes, url)
         except REDIRECT_ERRORS as exc:
             raise redirect_error(url, exc) from None
-        except TRANSIENT as exc:
-            raise _Retry(f"{type(exc).__name__}: {exc}") from None
 
     def fetch_all(self, downloads: Sequence[Download]) -> Dict[str, Path]:
         """Fetch every download (in parallel, --jobs at once); return {sha256: cached path}."""
@@ -176,34 +163,29 @@ class Fetcher:
         return cached
 
     def _fetch_into(self, download: Download, partial: Path) -> Path:
-        for attempt in self._attempts(download.url):
-            try:
-                return self._transfer(download, partial)
-            except _Retry as retry:
-                self._pause(attempt, download.url, retry, download)
-        raise AssertionError("unreachable")
+        return self._retrying(download.url, lambda: self._transfer(download, partial), download)
 
-    def _attempts(self, url: str) -> Iterator[int]:
-        yield from range(self.settings.retries + 1)
+    def _retrying(
+        self, url: str, once: Callable[[], _T], download: Optional[Download] = None
+    ) -> _T:
+        """`once` through the transport's one retry loop, retries reported as events."""
+        about = download or Download(url, "", url.rsplit("/", 1)[-1])
 
-    def _pause(
-        self, attempt: int, url: str, retry: _Retry, download: Optional[Download] = None
-    ) -> None:
-        self.cancel.check()  # a transfer cut short by Ctrl-C is not retried
-        if attempt >= self.settings.retries:
-            raise FetchError(
-                f"giving up on {url} after {attempt + 1} attempts: {retry.reason}",
+        def give_up(attempts: int, reason: str) -> FetchError:
+            return FetchError(
+                f"giving up on {url} after {attempts} attempts: {reason}",
                 "Check the network or the mirror, then build again: finished files are cached "
                 "and an interrupted one resumes where it stopped.",
             )
-        delay = retry_delay(self.settings, attempt, retry.delay)
-        about = download or Download(url, "", url.rsplit("/", 1)[-1])
-        self.events.retried(about, attempt + 1, retry.reason, delay)
-        self._sleep(delay)
+
+        def retried(attempt: int, reason: str, delay: float) -> None:
+            self.events.retried(about, attempt, reason, delay)
+
+        return with_retries(once, self.settings, self.cancel, retried, give_up, self._sleep)
 
     def _check_status(self, response: requests.Response, url: str) -> None:
         if response.status_code in RETRY_STATUS:
-            raise _Retry(f"HTTP {response.status_code}", retry_after(response))
+            raise RetryLater(f"HTTP {response.status_code}", retry_after(response))
         if response.status_code == 404:
             raise NotFoundError(
                 f"not found: {url} (HTTP 404)", "Check the version, architecture and --release-url."
@@ -224,15 +206,13 @@ class Fetcher:
             ) as response:
                 if response.status_code == 416:
                     partial.unlink()
-                    raise _Retry("the server refused to resume (HTTP 416); starting over", 0)
+                    raise RetryLater("the server refused to resume (HTTP 416); starting over", 0)
                 self._check_status(response, download.url)
                 resumed = have > 0 and response.status_code == 206
                 with self.cancel.watching(response):
                     return self._stream(download, response, partial, have if resumed else 0)
         except REDIRECT_ERRORS as exc:
             raise redirect_error(download.url, exc) from None
-        except TRANSIENT as exc:
-            raise _Retry(f"{type(exc).__name__}: {exc}") from None
 
     def _stream(
         self, download: Download, response: requests.Response, partial: Path, offset: int

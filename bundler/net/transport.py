@@ -39,7 +39,9 @@ from typing import (
 )
 
 import requests
+import requests.adapters
 import urllib3
+import urllib3.connection
 
 from k3bundle.bundler.net.limits import SafeSession
 from k3bundle.installer.errors import K3BundleError, build_error
@@ -94,6 +96,8 @@ class BoundedSession(SafeSession):
         self.headers["User-Agent"] = USER_AGENT
         self.headers["Accept-Encoding"] = "identity"
         self.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        for prefix in ("https://", "http://"):
+            self.mount(prefix, WakeableAdapter())
 
     def request(
         self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
@@ -121,6 +125,43 @@ def retry_delay(
         return min(asked, settings.max_backoff)
     nominal = min(settings.backoff * 2.0**attempt, settings.max_backoff)
     return nominal * (1 - settings.jitter * rand())
+
+
+class RetryLater(Exception):
+    """A transient failure: try again (after `delay` seconds when the server said so)."""
+
+    def __init__(self, reason: str, delay: Optional[float] = None) -> None:
+        super().__init__(reason)
+        self.reason, self.delay = reason, delay
+
+
+def with_retries(
+    once: Callable[[], _R],
+    settings: FetchSettings,
+    cancel: Cancel,
+    retried: Callable[[int, str, float], None],
+    give_up: Callable[[int, str], K3BundleError],
+    sleep: Optional[Callable[[float], None]] = None,
+) -> _R:
+    """The one retry loop: `once()` until it returns, at most settings.retries more times after
+    a RetryLater or a transient network error, waiting retry_delay between attempts (a Ctrl-C
+    ends the wait). `retried(attempt, reason, delay)` reports each retry; `give_up(attempts,
+    reason)` is the error raised when none is left. A cancelled transfer is never retried."""
+    for attempt in range(settings.retries + 1):
+        cancel.check()
+        try:
+            return once()
+        except RetryLater as retry:
+            reason, asked = retry.reason, retry.delay
+        except TRANSIENT as exc:  # also raised mid-body, while a file streams
+            reason, asked = f"{type(exc).__name__}: {exc}", None
+        cancel.check()  # a transfer cut short by Ctrl-C is not retried
+        if attempt >= settings.retries:
+            raise give_up(attempt + 1, reason)
+        delay = retry_delay(settings, attempt, asked)
+        retried(attempt + 1, reason, delay)
+        (sleep or cancel.sleep)(delay)
+    raise AssertionError("unreachable")
 
 
 class Interrupted(K3BundleError):
@@ -180,17 +221,72 @@ class Cancel:
     @contextlib.contextmanager
     def watching(self, response: requests.Response) -> Iterator[None]:
         """While the body of `response` streams, a cancel shuts its socket down."""
-        sock = _socket_of(response)
+        with self.holding(_socket_of(response), check=True):
+            yield
+
+    @contextlib.contextmanager
+    def holding(self, sock: Optional[socket.socket], check: bool = False) -> Iterator[None]:
+        """While this block runs, a cancel shuts `sock` down (at once when it already came):
+        a thread blocked reading it wakes. `check`: raise Cancelled first when cancelled."""
         with self._lock:
-            self.check()
+            if check:
+                self.check()
             if sock is not None:
                 self._sockets.add(sock)
+                if self._event.is_set():
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
         try:
             yield
         finally:
             with self._lock:
                 if sock is not None:
                     self._sockets.discard(sock)
+
+
+# The Cancel of the build whose worker runs on this thread (run_parallel sets it): a request
+# still waiting for its response headers is woken through it too, not only a streaming body.
+_worker = threading.local()
+
+
+class _WakeableConnection:
+    """Mixed into urllib3's connections: while waiting for a response's headers, the socket is
+    held by the worker's Cancel, so Ctrl-C wakes a server that accepted and never answered."""
+
+    sock: Optional[socket.socket]
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        """urllib3's getresponse, wakeable by the build's Cancel."""
+        cancel: Optional[Cancel] = getattr(_worker, "cancel", None)
+        if cancel is None:
+            return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+        with cancel.holding(self.sock):
+            return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+
+
+class _HTTPConnection(_WakeableConnection, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_WakeableConnection, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class WakeableAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter whose connections a build's Cancel can wake before the headers."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        """The pool manager, making wakeable connections."""
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 def _socket_of(response: requests.Response) -> Optional[socket.socket]:
@@ -211,6 +307,7 @@ def run_parallel(
     errors: Dict[int, BaseException] = {}
 
     def worker() -> None:
+        _worker.cancel = cancel
         while not cancel.is_set():
             try:
                 index = pending.get_nowait()

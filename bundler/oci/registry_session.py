@@ -1,5 +1,6 @@
 """A registry connection: per-thread oras clients, the /v2/ auth challenge, credentials,
-bounded retries and requests — what every manifest and blob request of RegistryClient shares.
+bounded retries (the transport's one loop) and requests — what every manifest and blob request
+of RegistryClient shares.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from k3bundle.bundler.net.fetch import Download, FetchEvents, FetchSettings
 from k3bundle.bundler.net.limits import REDIRECT_ERRORS, redirect_error
 from k3bundle.bundler.net.transport import (
     RETRY_STATUS,
-    TRANSIENT,
     BoundedSession,
     Cancel,
+    RetryLater,
     Tally,
     retry_after,
-    retry_delay,
+    with_retries,
 )
 from k3bundle.bundler.oci.credentials import Credentials, LoginStore, auth_files, registry_host
 from k3bundle.bundler.oci.reference import Reference
@@ -36,20 +37,13 @@ AUTH_HINT = (
 )
 T = TypeVar("T")
 DEFAULT_SETTINGS = FetchSettings()
+__all__ = ["RegistrySession", "RetryLater", "T"]  # RetryLater's home: bundler/net/transport.py
 
 
 class _Oras(oras.provider.Registry):  # type: ignore[misc]
     """oras' Registry without its retry decorator (sleeps of 3..83 s, 131 s in all)."""
 
     do_request = oras.provider.Registry.do_request.__wrapped__
-
-
-class RetryLater(Exception):
-    """A transient failure: try again (after `delay` seconds when the server said so)."""
-
-    def __init__(self, reason: str, delay: Optional[float] = None) -> None:
-        super().__init__(reason)
-        self.reason, self.delay = reason, delay
 
 
 class RegistrySession:
@@ -90,30 +84,28 @@ class RegistrySession:
     # --- requests, auth, retries --------------------------------------------------------------
 
     def _with_retries(self, ref: Reference, once: Callable[[], T], url: str) -> T:
-        for attempt in range(self.settings.retries + 1):
-            self.cancel.check()
+        """`once` through the transport's one retry loop; redirect and TLS failures are named
+        for this registry (a TLS failure is a ConnectionError, but never transient)."""
+
+        def attempt() -> T:
             try:
                 return once()
-            except RetryLater as retry:
-                reason, delay = retry.reason, retry.delay
             except REDIRECT_ERRORS as exc:  # InvalidURL is a ValueError: before oras' ValueError
                 raise redirect_error(ref.endpoint, exc) from None
-            except requests.exceptions.SSLError as exc:  # a ConnectionError, but not transient
+            except requests.exceptions.SSLError as exc:
                 raise tls_error(exc, ref.endpoint, ref.name, ref.registry) from None
-            except TRANSIENT as exc:  # also raised mid-body, while a blob streams
-                reason, delay = f"{type(exc).__name__}: {exc}", None
-            self.cancel.check()  # a transfer cut short by Ctrl-C is not retried
-            if attempt >= self.settings.retries:
-                raise FetchError(
-                    f"giving up on {ref.name} after {attempt + 1} attempts: {reason}",
-                    f"Check the network and the registry address {ref.endpoint}, then build "
-                    "again: finished blobs are cached and an interrupted one resumes.",
-                )
-            delay = retry_delay(self.settings, attempt, delay)
-            about = Download(url, "", ref.name)
-            self.events.retried(about, attempt + 1, reason, delay)
-            self._sleep(delay)
-        raise AssertionError("unreachable")
+
+        def give_up(attempts: int, reason: str) -> FetchError:
+            return FetchError(
+                f"giving up on {ref.name} after {attempts} attempts: {reason}",
+                f"Check the network and the registry address {ref.endpoint}, then build "
+                "again: finished blobs are cached and an interrupted one resumes.",
+            )
+
+        def retried(number: int, reason: str, delay: float) -> None:
+            self.events.retried(Download(url, "", ref.name), number, reason, delay)
+
+        return with_retries(attempt, self.settings, self.cancel, retried, give_up, self._sleep)
 
     def _request(self, ref: Reference, url: str, headers: Dict[str, str]) -> requests.Response:
         """One GET through oras (which answers a 401 challenge once), bearer token per repo."""

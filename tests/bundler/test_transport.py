@@ -3,11 +3,13 @@ Ctrl-C, rotted cache entries and a full disk, against real local servers."""
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,18 +26,23 @@ from click.testing import CliRunner
 from k3bundle.bundler.build_cli import build_command
 from k3bundle.bundler.build_events import LogFetchEvents
 from k3bundle.bundler.cache import Cache
-from k3bundle.bundler.net.fetch import Download, FetchEvents
+from k3bundle.bundler.net.fetch import Download, Fetcher, FetchEvents
 from k3bundle.bundler.net.transport import (
     USER_AGENT,
     BoundedSession,
+    Cancel,
+    Cancelled,
     FetchSettings,
+    RetryLater,
     make_session,
     retry_after,
     retry_delay,
+    run_parallel,
+    with_retries,
 )
 from k3bundle.bundler.oci.reference import parse_reference
 from k3bundle.bundler.oci.registry import RegistryClient
-from k3bundle.installer.errors import IntegrityError
+from k3bundle.installer.errors import FetchError, IntegrityError
 from tests.bundler.conftest import VERSION, BuildRun
 from tests.helpers import run_k3bundle
 from tests.oci_registry import LocalRegistry, PushedImages
@@ -228,6 +235,122 @@ def test_ctrl_c_stops_a_stalled_build_at_once_keeps_the_partial_and_the_rerun_re
     assert again.returncode == 0, again.stderr
     assert server.hits_for(IMAGES) == [("GET", "bytes=20000-")]
     assert not partials[0].exists()
+
+
+class Silent:
+    """A TCP server on 127.0.0.1 that accepts connections, reads nothing and never answers."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted: List[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # closed by close()
+            while True:
+                self.accepted.append(self.listener.accept()[0])
+
+    def wait_accepted(self, limit: float = 10.0) -> None:
+        """Block until a client is connected (and so waiting for an answer)."""
+        deadline = time.monotonic() + limit
+        while not self.accepted:
+            assert time.monotonic() < deadline, "nobody connected"
+            time.sleep(0.02)
+        time.sleep(0.3)  # the request is sent; the client now waits for the headers
+
+    def close(self) -> None:
+        """Stop listening and drop every connection."""
+        self.listener.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[Silent]:
+    """A server that accepts and never answers."""
+    running = Silent()
+    yield running
+    running.close()
+
+
+def test_cancel_wakes_a_worker_waiting_for_headers_from_a_server_that_never_answers(
+    silent: Silent, tmp_path: Path
+) -> None:
+    fetcher = Fetcher(Cache(tmp_path / "cache"), FetchSettings(read_timeout=300, retries=3))
+    download = Download(f"http://127.0.0.1:{silent.port}/k3s", "a" * 64, "k3s")
+    outcome: List[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            run_parallel(fetcher.fetch, [download], 1, fetcher.cancel)
+        except BaseException as exc:  # the worker's error, handed on by run_parallel
+            outcome.append(exc)
+
+    caller = threading.Thread(target=fetch, daemon=True)
+    caller.start()
+    silent.wait_accepted()
+    woken = time.monotonic()
+    fetcher.cancel.set()  # what Ctrl-C does
+    caller.join(10)
+    # Not abandoned: the worker itself came back (a read timeout would take 300 s), without a
+    # retry, as Cancelled.
+    assert not caller.is_alive() and time.monotonic() - woken < 5
+    assert len(outcome) == 1 and isinstance(outcome[0], Cancelled)
+    assert len(silent.accepted) == 1
+
+
+def test_ctrl_c_stops_a_build_whose_server_never_sends_headers_and_keeps_the_partial(
+    server: ReleaseServer, tmp_path: Path
+) -> None:
+    server.fault(IMAGES, "stall", seconds=60, before_headers=True)  # accepted, never answered
+    server.fault("k3s", "stall", seconds=60, after=40)  # and one stalled mid-body
+    args = [
+        "build", "--release-url", server.release_url, "--version", VERSION, "--arch", "amd64",
+        "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "dist"), "--timeout", "120",
+    ]  # fmt: skip
+    env = {**os.environ, "HOME": str(tmp_path)}
+    command = [sys.executable, "-m", "k3bundle.bundler", *args]
+    build = subprocess.Popen(command, env=env, stdout=PIPE, stderr=PIPE, text=True)
+    try:
+        _wait_for_request(server, IMAGES)
+        _wait_for_request(server, "k3s")
+        sent = time.monotonic()
+        build.send_signal(signal.SIGINT)
+        _, err = build.communicate(timeout=15)
+        took = time.monotonic() - sent
+    finally:
+        build.kill()
+    assert build.returncode == 130, err
+    assert took < 2.0
+    assert err.splitlines()[-1].startswith("Error: interrupted (Ctrl-C); partial downloads")
+    partials = list((tmp_path / "cache" / "partial").glob("*.part"))
+    assert [p.stat().st_size for p in partials] == [40]  # kept for the next build to resume
+    assert not list((tmp_path / "dist").glob("*.tar"))
+
+
+def test_one_retry_loop_serves_release_files_and_registries_alike() -> None:
+    calls: List[int] = []
+    reported: List[Tuple[int, str, float]] = []
+
+    def once() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RetryLater("HTTP 503", 0.0)
+        if len(calls) == 2:
+            raise requests.ConnectionError("reset")
+        return "done"
+
+    settings = FetchSettings(retries=2, backoff=0.0)
+    result = with_retries(
+        once, settings, Cancel(), lambda *a: reported.append(a), lambda n, r: FetchError(r)
+    )
+    assert result == "done" and len(calls) == 3
+    assert [(n, r) for n, r, _ in reported] == [(1, "HTTP 503"), (2, "ConnectionError: reset")]
+    fetch_src = Path(sys.modules[Fetcher.__module__].__file__ or "").read_text()
+    session_src = Path(sys.modules[RegistryClient.__mro__[1].__module__].__file__ or "")
+    for source in (fetch_src, session_src.read_text()):
+        assert "with_retries(" in source and "for attempt in" not in source
 
 
 def _rot(path: Path) -> None:
