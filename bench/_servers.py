@@ -82,6 +82,9 @@ class _Server(ThreadingHTTPServer):
         self.root, self.bucket = root, bucket
         super().__init__(("127.0.0.1", 0), _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up (a builder's retry, a cancelled curl) is not news."""
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
