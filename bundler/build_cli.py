@@ -21,6 +21,7 @@ from k3bundle.bundler.oci.mirrors import parse_mirror_flags
 from k3bundle.bundler.payloads import release
 from k3bundle.bundler.payloads.charts import ChartSpec, chart_from_spec, parse_chart_flag
 from k3bundle.bundler.payloads.extras import RegistryOptions
+from k3bundle.bundler.payloads.image_list import read_images_files
 from k3bundle.bundler.progress import TqdmProgress
 from k3bundle.bundler.site_config import SiteConfig, default_path, load_site_config
 from k3bundle.bundler.spec import Spec, load_spec
@@ -119,6 +120,14 @@ SITE_CONFIG = "k3bundle.site_config"
     multiple=True,
     metavar="REF",
     help="Extra container image (repeatable), e.g. nginx:1.27 or ghcr.io/org/app@sha256:…",
+)
+@click.option(
+    "--images-file",
+    "images_files",
+    multiple=True,
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Image list (repeatable) in k3s-images.txt form: one reference a line, # comments.",
 )
 @click.option(
     "--chart",
@@ -264,12 +273,19 @@ def settings_from(
         fetch=fetch,
         install=spec.install,
         name=flags["name"] or spec.name,
-        images=(*spec.images, *flags["image"]),
+        images=_images(spec, flags),
         charts=_charts(spec, flags["chart"]),
         registries=_registries(spec, flags, site or SiteConfig()),
         force=flags["force"],
         since=flags.get("since"),
     )
+
+
+def _images(spec: Spec, flags: Dict[str, Any]) -> Tuple[str, ...]:
+    """The spec's images and imagesFile lists, then --images-file and --image (each listed
+    image once; the build drops references that name the same image)."""
+    listed = read_images_files([*spec.images_files, *flags.get("images_files", ())])
+    return tuple(dict.fromkeys([*spec.images, *listed, *flags["image"]]))
 
 
 def _registries(spec: Spec, flags: Dict[str, Any], site: SiteConfig) -> RegistryOptions:

@@ -43,6 +43,7 @@ class Spec:
     images_format: Optional[str] = None
     name: Optional[str] = None
     images: Tuple[str, ...] = ()
+    images_files: Tuple[Path, ...] = ()  # imagesFile, relative to the spec's folder
     charts: Tuple[Mapping[str, Any], ...] = ()
     install: Mapping[str, Any] = field(default_factory=dict)
     mirrors: Mapping[str, str] = field(default_factory=dict)  # build-time only, never recorded
@@ -71,7 +72,14 @@ def load_spec(path: Path) -> Spec:
     check_plain(doc, node, str(path))
     validate(doc, node, str(path))
     _check_full(doc, node, str(path))
-    return replace(_to_spec(doc), base_dir=path.parent)
+    listed = (doc or {}).get("imagesFile") or []
+    files = tuple((path.parent / name).resolve() for name in _as_list(listed))
+    return replace(_to_spec(doc), base_dir=path.parent, images_files=files)
+
+
+def _as_list(value: Union[str, Sequence[str]]) -> List[str]:
+    """imagesFile: one file name, or a list of them."""
+    return [value] if isinstance(value, str) else list(value)
 
 
 def check_plain(doc: Any, node: Optional[yaml.Node], origin: str) -> None:

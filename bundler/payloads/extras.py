@@ -6,7 +6,6 @@ import hashlib
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
-from k3bundle.bundler.cache import Cache
 from k3bundle.bundler.oci.reference import Reference, parse_reference
 from k3bundle.bundler.payloads.charts import (
     ChartSpec,
@@ -27,10 +26,13 @@ _SUFFIX = {"zst": ".tar.zst", "gz": ".tar.gz", "tar": ".tar"}
 
 
 def parse_images(texts: Sequence[str], warn: Warn) -> List[Reference]:
-    """Normalise image references (docker.io/library/…:latest), warning on implicit latest."""
-    refs = []
+    """Normalise image references (docker.io/library/…:latest), warning on implicit latest;
+    references that name the same image (nginx:1.27, docker.io/library/nginx:1.27) count once."""
+    refs: List[Reference] = []
     for text in dict.fromkeys(texts):
         ref = parse_reference(text)
+        if any(seen.name == ref.name for seen in refs):
+            continue
         if ref.implicit_latest:
             warn(
                 f"image {text!r} has no tag: bundling {ref.name}; "
@@ -72,12 +74,6 @@ def produce_images(ctx: BuildContext, earlier: Produced) -> Produced:
     produced.metadata["images"] = _image_summaries(pulled)
     produced.notes["pulled"] = pulled  # for later steps (--since rewrites archives from them)
     return produced
-
-
-def _archive(target: Path, images: Sequence[PulledImage], cache: Cache, images_format: str) -> Path:
-    """The image archive at `target` (kept for bundler/since.py, which is moving to
-    images.write_images)."""
-    return write_images(target, images, cache, images_format).path
 
 
 def _entry(
