@@ -31,8 +31,9 @@ from typing import (
 )
 
 from k3bundle.installer.errors import InstallError, host_error
+from k3bundle.installer.format.chunkhash import SliceJob, add_chunk_jobs
 from k3bundle.installer.format.copying import copy_range
-from k3bundle.installer.format.hashing import Segment, sha256_file
+from k3bundle.installer.format.hashing import O_BINARY, HashJob, HashPool, Segment, sha256_file
 from k3bundle.installer.format.jsondoc import load_json
 from k3bundle.installer.host.layout import LINKED_COMMANDS, RECORD_PATH, staged_name
 from k3bundle.installer.host.plan import Link, Placement
@@ -120,6 +121,39 @@ class HostDestination:
         if mode is not None and (info.st_mode & 0o7777) != mode:
             return False
         return sha256_file(path) == sha256
+
+    def current_targets(self, placements: Sequence[Placement]) -> Set[str]:
+        """The targets that already hold their placement's content and mode, hashed on all cores.
+
+        As `is_current` for each, but every file is hashed at once on a pool, and a payload file
+        with chunk digests chunk by chunk: bytes that match every signed chunk digest have the
+        entry's sha256 (chunkhash.py says why). Each file is opened without following a link
+        and checked through that descriptor, so what is hashed is what was checked.
+        """
+        queued: List[Tuple[Placement, List[HashJob]]] = []
+        with contextlib.ExitStack() as opened, HashPool() as pool:
+            for placement in placements:
+                fd = self._open_same_shape(placement)
+                if fd is not None:
+                    opened.callback(os.close, fd)
+                    queued.append((placement, _current_jobs(pool, placement, fd)))
+            for _, jobs in queued:
+                for job in jobs:
+                    job.done.wait()
+        return {placement.target for placement, jobs in queued if _matched(placement, jobs)}
+
+    def _open_same_shape(self, placement: Placement) -> Optional[int]:
+        """A descriptor of the target when it is a regular file of the right size and mode."""
+        try:
+            fd = os.open(self.path(placement.target), os.O_RDONLY | os.O_NOFOLLOW | O_BINARY)
+        except OSError:
+            return None
+        info = os.fstat(fd)
+        same = stat.S_ISREG(info.st_mode) and info.st_size == placement.size
+        if same and (info.st_mode & 0o7777) == placement.mode:
+            return fd
+        os.close(fd)
+        return None
 
     def link_is_current(self, link: Union[Link, RecordLink]) -> bool:
         """True when the symlink already exists with the right target."""
@@ -247,6 +281,22 @@ class HostDestination:
 
     def _make_dirs(self, folder: str) -> None:
         self._created_dirs.extend(make_folders(self.fs, folder))
+
+
+def _current_jobs(pool: HashPool, placement: Placement, fd: int) -> List[HashJob]:
+    """Hash jobs over the open target: one per chunk for a chunked entry, else one."""
+    entry, whole = placement.entry, [(fd, 0, placement.size)]
+    if entry is not None and entry.chunks is not None:
+        return list(add_chunk_jobs(pool, entry, placement.target, whole, entry.size).jobs)
+    return [pool.add(SliceJob(fd, 0, placement.size, placement.target))]
+
+
+def _matched(placement: Placement, jobs: Sequence[HashJob]) -> bool:
+    """Every chunk matched its digest, or the whole file's sha256 is the placement's."""
+    if any(job.error is not None or job.sha256 is None for job in jobs):
+        return False
+    chunked = placement.entry is not None and placement.entry.chunks is not None
+    return chunked or jobs[0].sha256 == placement.sha256
 
 
 def _shifted(published: Progress, base: int) -> Progress:

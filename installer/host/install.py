@@ -134,7 +134,7 @@ def _install(
         previous = dest.read_record()  # read and checked once; the commit replaces it
         plan, host = _plan(auth, options, dest, previous, made_for_lock, report)
         dest.check_placeable([*plan_targets(plan), *(link.path for link in plan.links)])
-        current = {p.target for p in plan.files if dest.is_current(p)}
+        current = dest.current_targets(plan.files)  # every target hashed at once, on all cores
         check_required(plan, auth.manifest, previous, current, lambda t: _disk_size(dest, t))
         check_space(dest.fs, [p for p in plan.files if p.target not in current])
         outcome = Outcome(auth.manifest.k3s_version, plan.arch, plan.service)

@@ -293,3 +293,21 @@ def test_a_fresh_chunked_file_is_still_hashed_whole_while_it_is_copied(tmp_path:
         write_bundle(tmp_path / "b.tar", manifest, files, fresh=set(files), chunk=CHUNK)
     assert f"{images} changed since it was verified" in caught.value.message
     assert not list(tmp_path.glob("*b.tar*"))
+
+
+def test_a_reinstall_finds_a_chunked_file_current_by_its_chunks(
+    tmp_path: Path, signer: KeyFiles
+) -> None:
+    bundle = _build(tmp_path, signer).files[0]
+    root = tmp_path / "root"
+    installed(bundle, root, signer)
+    placed = root / PLACED
+    inode = placed.stat().st_ino
+    installed(bundle, root, signer)
+    assert placed.stat().st_ino == inode  # current: left where it was, not placed again
+    with open(placed, "r+b") as handle:  # one byte of chunk 4 changed on the host
+        handle.seek(3 * CHUNK + 1)
+        handle.write(b"\xff" if IMAGE_BYTES[3 * CHUNK + 1] != 0xFF else b"\0")
+    installed(bundle, root, signer)
+    assert placed.read_bytes() == IMAGE_BYTES
+    assert placed.stat().st_ino != inode
