@@ -100,7 +100,11 @@ def read_previous(path: Path) -> Previous:
         manifest = parse_manifest(data)
     except (FormatError, IntegrityError) as exc:
         raise FormatError(f"--since {path}: {exc.message}", exc.hint) from None
-    return Previous(manifest, hashlib.sha256(data).hexdigest(), name)
+    except OSError as exc:
+        raise UsageError(f"--since {path}: cannot read it: {exc.strerror or exc}") from None
+    # The name goes into the manifest, where only printable text of bounded length is allowed.
+    shown = re.sub(r"[\x00-\x1f\x7f-\x9f]", "?", name)[:255]
+    return Previous(manifest, hashlib.sha256(data).hexdigest(), shown)
 
 
 def _manifest_bytes(path: Path) -> Tuple[bytes, str]:

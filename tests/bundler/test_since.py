@@ -9,12 +9,15 @@ and names A's files in `requires`; a host that installed A takes B, a fresh host
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterator, Tuple
 
 import pytest
 
+from k3bundle.bundler.since import read_previous
+from k3bundle.installer.errors import UsageError
 from k3bundle.installer.format.verify import inspect_bundle, read_manifest_bytes
 from tests.bundler.conftest import VERSION, bundle_path
 from tests.bundler.test_build_extras import build
@@ -199,3 +202,25 @@ def test_a_second_upgrade_against_the_first_relies_on_both_archives(
     summary = inspect_bundle(str(bundle_path(work / "e")))
     assert {r["path"] for r in summary["requires"]} == {AIRGAP, FULL_ARCHIVE, UPDATE_ARCHIVE}
     assert {f["path"] for f in summary["files"]} == {"amd64/k3s"}
+
+
+def test_previous_named_with_control_characters_gives_a_printable_since_name(
+    built: Built, tmp_path: Path
+) -> None:
+    full = built[0]
+    odd = tmp_path / "full\x1b[2J.tar.json"
+    odd.write_bytes(read_manifest_bytes(str(full)))
+    previous = read_previous(odd)
+    assert previous.name == "full?[2J.tar"
+    assert previous.bundle_id == inspect_bundle(str(full))["bundle_id"]
+
+
+def test_an_unreadable_previous_is_a_usage_error(tmp_path: Path) -> None:
+    previous = tmp_path / "previous.tar.json"
+    previous.write_text("{}")
+    previous.chmod(0)
+    if os.access(previous, os.R_OK):  # root reads it anyway: make it a folder's name instead
+        previous.unlink()
+        previous.mkdir()
+    with pytest.raises(UsageError, match="--since"):
+        read_previous(previous)
