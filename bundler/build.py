@@ -35,8 +35,9 @@ INSTALLER_NAME = "k3bundle-install.pyz"
 SUMS_NAME = "SHA256SUMS"
 Warn = Callable[[str], None]
 # What a bundle carries, in bundle order. A new kind of payload is one producer module and one
-# line here; each producer sees what the ones before it produced.
-PRODUCERS: Tuple[Producer, ...] = (release.produce, extras.produce_images, extras.produce_charts)
+# line here; each producer sees what the ones before it produced (the image producer adds the
+# images the charts deploy, so the charts come first).
+PRODUCERS: Tuple[Producer, ...] = (release.produce, extras.produce_charts, extras.produce_images)
 
 
 @dataclass

@@ -136,6 +136,12 @@ SITE_CONFIG = "k3bundle.site_config"
     help="Helm chart (repeatable); REPO is oci://HOST/PATH or an http(s) chart repository.",
 )
 @click.option(
+    "--chart-images",
+    type=click.Choice(["auto", "off"]),
+    help="auto: also bundle the images each chart deploys (Chart.yaml's artifacthub.io/images, "
+    "values.yaml, helm template when helm is on PATH; see k3bundle images) [default: auto].",
+)
+@click.option(
     "--registry-auth",
     multiple=True,
     metavar="HOST=USER:PASSWORD",
@@ -275,6 +281,7 @@ def settings_from(
         name=flags["name"] or spec.name,
         images=_images(spec, flags),
         charts=_charts(spec, flags["chart"]),
+        chart_images=flags.get("chart_images") or spec.chart_images or "auto",
         registries=_registries(spec, flags, site or SiteConfig()),
         force=flags["force"],
         since=flags.get("since"),

@@ -45,6 +45,7 @@ class Spec:
     images: Tuple[str, ...] = ()
     images_files: Tuple[Path, ...] = ()  # imagesFile, relative to the spec's folder
     charts: Tuple[Mapping[str, Any], ...] = ()
+    chart_images: Optional[str] = None  # chartImages: auto or off
     install: Mapping[str, Any] = field(default_factory=dict)
     mirrors: Mapping[str, str] = field(default_factory=dict)  # build-time only, never recorded
     base_dir: Path = Path(".")  # the spec's folder: valuesFile paths are relative to it
@@ -192,6 +193,14 @@ def _to_spec(doc: Mapping[str, Any]) -> Spec:
         name=(doc.get("metadata") or {}).get("name"),
         images=tuple(doc.get("images") or ()),
         charts=tuple(doc.get("charts") or ()),
+        chart_images=_chart_images(doc.get("chartImages")),
         install=dict(doc.get("install") or {}),
         mirrors=check_mirrors(doc.get("mirrors") or {}, "the spec's mirrors"),
     )
+
+
+def _chart_images(value: Any) -> Optional[str]:
+    """chartImages: auto or off; YAML 1.1 reads a bare `off` as false (and `on` as true)."""
+    if isinstance(value, bool):
+        return "auto" if value else "off"
+    return None if value is None else str(value)

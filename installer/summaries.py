@@ -45,6 +45,8 @@ def inspect_lines(summary: Dict[str, Any]) -> List[str]:
             f"image:         {image.get('name')} ({arches}, {human_size(image.get('size', 0))})"
         )
         out.append(f"               digest {image.get('digest')}")
+        if image.get("charts"):  # pulled in because these charts deploy it (--chart-images)
+            out.append(f"               for chart {', '.join(image['charts'])}")
     for chart in summary.get("charts", []):
         out.append(
             f"chart:         {chart.get('name')} {chart.get('version')} "

@@ -51,6 +51,7 @@ class BuildSettings:
     name: Optional[str] = None
     images: Tuple[str, ...] = ()
     charts: Tuple[ChartSpec, ...] = ()
+    chart_images: str = "auto"  # auto: also bundle the images the charts deploy; off: do not
     registries: RegistryOptions = field(default_factory=RegistryOptions)
     force: bool = False  # write everything again even when DIR already holds this build
     since: Optional[Path] = None  # --since PREVIOUS: leave out the images it delivered

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 from k3bundle.bundler.oci.reference import Reference, parse_reference
+from k3bundle.bundler.payloads.chart_refs import discover, with_chart_images
 from k3bundle.bundler.payloads.charts import (
     ChartSpec,
+    FetchedChart,
     check_chart,
     check_unique,
     fetch_chart,
@@ -57,11 +59,12 @@ def produce_images(ctx: BuildContext, earlier: Produced) -> Produced:
     """Every extra image for every architecture, pulled into the cache and written as one OCI
     archive per architecture, hashed while it is written."""
     produced = Produced()
-    if not ctx.images:
+    refs, charts_of = _with_chart_images(ctx, earlier)
+    if not refs:
         return produced
     settings = ctx.fetcher.settings
     pulled = pull_all(
-        ctx.registry_client, ctx.images, ctx.settings.arches, ctx.cache, settings.jobs,
+        ctx.registry_client, refs, ctx.settings.arches, ctx.cache, settings.jobs,
         ctx.fetcher.cancel,
     )  # fmt: skip
     for arch in ctx.settings.arches:
@@ -71,7 +74,7 @@ def produce_images(ctx: BuildContext, earlier: Produced) -> Produced:
         source = {"images": ", ".join(f"{p.ref.name}@{p.manifest.digest}" for p in images)}
         entry = _entry(f"{arch}/{name}", written, KIND_IMAGES, 0o644, arch, source)
         produced.add(entry, written.path, fresh=True)
-    produced.metadata["images"] = _image_summaries(pulled)
+    produced.metadata["images"] = _image_summaries(pulled, charts_of)
     produced.notes["pulled"] = pulled  # for later steps (--since rewrites archives from them)
     return produced
 
@@ -82,13 +85,29 @@ def _entry(
     return Entry(path, written.size, written.sha256, kind, mode, arch, source)
 
 
-def _image_summaries(pulled: Sequence[PulledImage]) -> List[Dict[str, Any]]:
+def _with_chart_images(
+    ctx: BuildContext, earlier: Produced
+) -> Tuple[Sequence[Reference], Mapping[str, Tuple[str, ...]]]:
+    """The build's images, plus (with --chart-images auto) those the fetched charts deploy,
+    and which charts deploy each image."""
+    charts = earlier.notes.get("charts") or ()
+    if ctx.settings.chart_images != "auto" or not charts:
+        return ctx.images, {}
+    findings = discover(charts, ctx.warn)
+    return with_chart_images(ctx.images, findings)
+
+
+def _image_summaries(
+    pulled: Sequence[PulledImage], charts_of: Mapping[str, Tuple[str, ...]]
+) -> List[Dict[str, Any]]:
     summaries: Dict[str, Dict[str, Any]] = {}
     for image in pulled:
         item = summaries.setdefault(
             image.ref.name,
             {"name": image.ref.name, "digest": image.index_digest, "arches": [], "size": 0},
         )
+        if image.ref.name in charts_of:
+            item["charts"] = list(charts_of[image.ref.name])
         item["arches"].append(image.arch)
         item["size"] += image.size
     return list(summaries.values())
@@ -101,8 +120,10 @@ def produce_charts(ctx: BuildContext, earlier: Produced) -> Produced:
         return produced
     client = ctx.registry_client()
     summaries = []
+    fetched: List[FetchedChart] = []
     for spec in ctx.settings.charts:
         chart = fetch_chart(spec, ctx.fetcher, client, ctx.cache)
+        fetched.append(chart)
         entry = Entry(
             f"charts/{spec.file_name}", chart.size, chart.sha256, KIND_CHART, 0o644, None,
             dict(chart.source),
@@ -111,6 +132,7 @@ def produce_charts(ctx: BuildContext, earlier: Produced) -> Produced:
         produced.add(*_helmchart(ctx.work, spec), fresh=True)
         summaries.append({"name": spec.name, "version": spec.version, "namespace": spec.namespace})
     produced.metadata["charts"] = summaries
+    produced.notes["charts"] = fetched  # the image producer looks into them (--chart-images)
     return produced
 
 

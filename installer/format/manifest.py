@@ -260,6 +260,9 @@ def _check_summaries(extra: Mapping[str, Any]) -> None:
         fields.text(image, "name", where)
         fields.text(image, "digest", where)
         fields.integer(image, "size", where)
+        charts = fields.optional_array(image, "charts", where)  # the charts that deploy it
+        if not all(isinstance(name, str) for name in charts):
+            raise FormatError(f"{where}: charts must be chart names")
         if not all(
             isinstance(a, str) and a in ARCHES for a in fields.array(image, "arches", where)
         ):
