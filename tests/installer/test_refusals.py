@@ -502,10 +502,10 @@ def test_install_refuses_special_member_outside_manifest(
 
 def test_install_refuses_newer_format_version(tmp_path: Path, root: Path, signer: KeyFiles) -> None:
     items, members = standard_files()
-    doc = manifest_doc(items, format="k3bundle/v2")
+    doc = manifest_doc(items, format="k3bundle/v3")
     bundle = write_signed(tmp_path / "b.tar", doc, members, signer)
     refuse_install(
-        bundle, root, FORMAT_EXIT, [MANIFEST_NAME, "k3bundle/v2"], "--pubkey", str(signer.public)
+        bundle, root, FORMAT_EXIT, [MANIFEST_NAME, "k3bundle/v3"], "--pubkey", str(signer.public)
     )
 
 
