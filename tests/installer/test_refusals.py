@@ -623,10 +623,10 @@ def test_verify_refuses_symlink_member(tmp_path: Path, signer: KeyFiles) -> None
 def test_verify_refuses_newer_format_version(tmp_path: Path, signer: KeyFiles) -> None:
     items, members = standard_files()
     bundle = write_signed(
-        tmp_path / "b.tar", manifest_doc(items, format="k3bundle/v2"), members, signer
+        tmp_path / "b.tar", manifest_doc(items, format="k3bundle/v3"), members, signer
     )
     result = verify(bundle, "--pubkey", str(signer.public))
-    assert_refused(result, FORMAT_EXIT, "k3bundle/v2")
+    assert_refused(result, FORMAT_EXIT, "k3bundle/v3")
 
 
 # --- hostile headers and documents (issue 9): a clean refusal, never a traceback -------------
