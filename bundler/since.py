@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Set, Tuple
 
-from k3bundle.bundler.oci.registry import RegistryClient
 from k3bundle.bundler.payloads.context import BuildContext
-from k3bundle.bundler.payloads.images import PulledImage, Written, pull_all, write_images
+from k3bundle.bundler.payloads.images import PulledImage, Written, write_images
 from k3bundle.bundler.payloads.produced import Produced
 from k3bundle.installer.errors import FormatError, IntegrityError, UsageError
 from k3bundle.installer.format import (
@@ -200,12 +199,12 @@ def apply(ctx: BuildContext, produced: Produced) -> Produced:
     fields naming what the new bundle relies on."""
     assert ctx.settings.since is not None
     previous = read_previous(ctx.settings.since)
-    pulled: List[PulledImage] = []
+    # The images producer leaves what it pulled (the extra images and those charts deploy).
+    pulled: Sequence[PulledImage] = produced.notes.get("pulled") or ()
 
     def write_subset(arch: str, names: Set[str], path: str) -> Written:
-        if not pulled:  # the same images again, from the cache only: no registry request
-            pulled.extend(_pull_from_cache(ctx))
         images = [p for p in pulled if p.arch == arch and p.ref.name in names]
+        assert len(images) == len(names), f"pulled images missing for {sorted(names)}"
         target = ctx.work / f"since-{arch}" / path.rpartition("/")[2]
         target.parent.mkdir(parents=True, exist_ok=True)
         return write_images(target, images, ctx.cache, ctx.settings.images_format)
@@ -215,25 +214,10 @@ def apply(ctx: BuildContext, produced: Produced) -> Produced:
     info = Since(
         previous.bundle_id, previous.manifest.k3s_version, previous.name, carried.full_size
     )
-    out = Produced(
+    return Produced(
         carried.entries,
         carried.files,
         {**produced.metadata, **requires_json(carried.requires, info)},
         (produced.fresh & set(carried.files)) | carried.fresh,
+        produced.notes,
     )
-    return out
-
-
-def _pull_from_cache(ctx: BuildContext) -> List[PulledImage]:
-    """The build's extra images as PulledImage again, read from the cache it just filled."""
-    settings = replace(ctx.fetcher.settings, offline=True)
-    registries = ctx.settings.registries
-
-    def client() -> RegistryClient:
-        return RegistryClient(
-            settings, insecure=registries.insecure, mirrors=registries.mirrors,
-            ca_files=registries.ca_files,
-        )  # fmt: skip
-
-    arches = ctx.settings.arches
-    return pull_all(client, ctx.images, arches, ctx.cache, settings.jobs, ctx.fetcher.cancel)
