@@ -6,7 +6,11 @@ stand-in script (clearly one) that prints fixed rendered YAML and records how it
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gzip
+import hashlib
+import http.server
 import importlib.metadata
 import io
 import os
@@ -14,9 +18,10 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import threading
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
@@ -132,3 +137,37 @@ def stand_in_helm(folder: Path, rendered: str, exit_code: int = 0, sleep: float 
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return script
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log on the test output."""
+
+
+@contextlib.contextmanager
+def classic_repo(root: Path, charts: Mapping[str, bytes]) -> Iterator[str]:
+    """Serve `charts` (NAME-VERSION → .tgz bytes, as chart() packs them) as a classic chart
+    repository (index.yaml with each package's sha256) on 127.0.0.1; yields its URL."""
+    root.mkdir(parents=True, exist_ok=True)
+    entries: Dict[str, List[Dict[str, Any]]] = {}
+    for stem, data in charts.items():
+        name, _, version = stem.rpartition("-")
+        (root / f"{stem}.tgz").write_bytes(data)
+        entries.setdefault(name, []).append(
+            {
+                "apiVersion": "v2",
+                "name": name,
+                "version": version,
+                "digest": hashlib.sha256(data).hexdigest(),
+                "urls": [f"{stem}.tgz"],
+            }
+        )
+    (root / "index.yaml").write_text(yaml.safe_dump({"apiVersion": "v1", "entries": entries}))
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -8,22 +8,17 @@ every architecture, say which chart pulled them in, and warn about the third.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import threading
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator, List
 
 import pytest
-import yaml
 
 from k3bundle.bundler.spec import load_spec
 from k3bundle.installer.errors import UsageError
 from k3bundle.installer.format.verify import inspect_bundle
-from tests.bundler.charts_fixtures import chart
+from tests.bundler.charts_fixtures import chart, classic_repo
 from tests.bundler.conftest import VERSION, bundle_path
-from tests.bundler.test_build_extras import _QuietHandler, build, images, logged
+from tests.bundler.test_build_extras import build, images, logged
 from tests.helpers import run_k3bundle
 from tests.oci_registry import PushedImages
 from tests.release_server import ReleaseServer
@@ -46,22 +41,8 @@ def chart_url(images: PushedImages, tmp_path_factory: pytest.TempPathFactory) ->
             "metrics": {"image": {"repository": "acme/exporter", "tag": "{{ .Values.tag }}"}},
         },
     )
-    (root / "shop-2.0.0.tgz").write_bytes(data)
-    entry = {
-        "apiVersion": "v2",
-        "name": "shop",
-        "version": "2.0.0",
-        "digest": hashlib.sha256(data).hexdigest(),
-        "urls": ["shop-2.0.0.tgz"],
-    }
-    index = {"apiVersion": "v1", "entries": {"shop": [entry]}}
-    (root / "index.yaml").write_text(yaml.safe_dump(index))
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with classic_repo(root, {"shop-2.0.0": data}) as url:
+        yield url
 
 
 def chart_build(

@@ -3,26 +3,16 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import http.server
 import io
 import json
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Dict, Iterator
 
 import pytest
-import yaml
 
 from k3bundle.bundler.cli import main
-from tests.bundler.charts_fixtures import chart
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+from tests.bundler.charts_fixtures import chart, classic_repo
 
 
 @pytest.fixture
@@ -30,7 +20,6 @@ def repo(tmp_path: Path) -> Iterator[str]:
     """A classic chart repository holding chart `web` 1.0.0 (an annotation, values images and
     one image the values cannot resolve)."""
     root = tmp_path / "repo"
-    root.mkdir()
     data = chart(
         "web",
         "1.0.0",
@@ -42,23 +31,8 @@ def repo(tmp_path: Path) -> Iterator[str]:
             "broken": {"image": {"repository": "acme/x", "tag": "{{ .Values.tag }}"}},
         },
     )
-    (root / "web-1.0.0.tgz").write_bytes(data)
-    entry = {
-        "apiVersion": "v2",
-        "name": "web",
-        "version": "1.0.0",
-        "digest": hashlib.sha256(data).hexdigest(),
-        "urls": ["web-1.0.0.tgz"],
-    }
-    (root / "index.yaml").write_text(
-        yaml.safe_dump({"apiVersion": "v1", "entries": {"web": [entry]}})
-    )
-    handler = functools.partial(_Quiet, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with classic_repo(root, {"web-1.0.0": data}) as url:
+        yield url
 
 
 class Done:
