@@ -278,10 +278,19 @@ def stage_bundle(
     missing = [e.path for e in manifest.entries if e.path not in files]
     if missing:
         raise UsageError(f"no local file given for bundle member {missing[0]}")
+    # Chunk digests a producer took in the same pass as the file's sha256 (an image archive
+    # this build wrote) describe the same bytes: such a fresh file is copied without a re-read.
+    same_pass = {
+        e.path for e in manifest.entries if e.chunks is not None and e.chunks.size == chunk
+    }
     manifest = with_chunks(manifest, files, chunk)
     data = manifest.to_bytes()
     sink = PartWriter(target, split)
-    fresh = {e.path for e in manifest.entries if e.path in fresh and e.chunks is None}
+    fresh = {
+        e.path
+        for e in manifest.entries
+        if e.path in fresh and (e.chunks is None or e.path in same_pass)
+    }
     stale = any(e.path not in fresh for e in manifest.entries)
     checks = _InputChecks() if stale else None
     try:
@@ -299,17 +308,27 @@ def stage_bundle(
 def with_chunks(manifest: Manifest, files: Mapping[str, Path], chunk: int) -> Manifest:
     """`manifest` with chunk digests on every entry larger than `chunk` bytes.
 
-    Every chunk of every such file is a job on one pool, so the pass runs on all cores. The
-    digests come from the bytes as they are now, so each such file is also hashed whole while
-    it is copied (_InputChecks), even when this build just downloaded it: an installer that
-    checks only the chunks records the whole-file sha256 as the placed file's, which holds
-    only if the bytes copied are the bytes that sha256 was taken of. Bytes that changed between
-    the chunk pass and the copy give a bundle the installer refuses: never a wrong file.
+    Digests a producer took in the same pass as the file's sha256 (chunk size `chunk`) are
+    kept as they are. Every chunk of every other such file is a job on one pool, so the pass
+    runs on all cores. Those digests come from the bytes as they are now, so each such file is
+    also hashed whole while it is copied (_InputChecks), even when this build just downloaded
+    it: an installer that checks only the chunks records the whole-file sha256 as the placed
+    file's, which holds only if the bytes copied are the bytes that sha256 was taken of. Bytes
+    that changed between the chunk pass and the copy give a bundle the installer refuses: never
+    a wrong file.
     """
-    large = [e for e in manifest.entries if e.size > chunk]
+    large = [
+        e
+        for e in manifest.entries
+        if e.size > chunk and (e.chunks is None or e.chunks.size != chunk)
+    ]
+    digests: Dict[str, Tuple[str, ...]] = {
+        e.path: e.chunks.sha256
+        for e in manifest.entries
+        if e.size > chunk and e.chunks is not None and e.chunks.size == chunk
+    }  # taken by the producer in the pass that took the file's sha256
     if not large:
-        return replace(manifest, entries=tuple(replace(e, chunks=None) for e in manifest.entries))
-    digests: Dict[str, Tuple[str, ...]] = {}
+        return _chunked(manifest, digests, chunk)
     with contextlib.ExitStack() as opened, HashPool() as pool:
         jobs = {}
         for entry in large:
@@ -327,6 +346,11 @@ def with_chunks(manifest: Manifest, files: Mapping[str, Path], chunk: int) -> Ma
             ) from None
         for path, chunk_jobs in jobs.items():
             digests[path] = tuple(job.result() for job in chunk_jobs)
+    return _chunked(manifest, digests, chunk)
+
+
+def _chunked(manifest: Manifest, digests: Mapping[str, Tuple[str, ...]], chunk: int) -> Manifest:
+    """`manifest` whose entries carry exactly the chunk digests in `digests` (no others)."""
     entries = tuple(
         replace(e, chunks=Chunks(chunk, digests[e.path]) if e.path in digests else None)
         for e in manifest.entries

@@ -82,7 +82,7 @@ def produce_images(ctx: BuildContext, earlier: Produced) -> Produced:
 def _entry(
     path: str, written: Written, kind: str, mode: int, arch: Any, source: Dict[str, str]
 ) -> Entry:
-    return Entry(path, written.size, written.sha256, kind, mode, arch, source)
+    return Entry(path, written.size, written.sha256, kind, mode, arch, source, written.chunks)
 
 
 def _with_chart_images(

@@ -24,7 +24,7 @@ from k3bundle.bundler.net.transport import Cancel, run_parallel
 from k3bundle.bundler.oci.reference import Reference
 from k3bundle.bundler.oci.registry import Fetched, RegistryClient
 from k3bundle.installer.errors import FetchError, IntegrityError
-from k3bundle.installer.format import load_json
+from k3bundle.installer.format import DEFAULT_CHUNK, Chunks, load_json
 
 INDEX_TYPES = (
     "application/vnd.oci.image.index.v1+json",
@@ -231,6 +231,7 @@ class Written:
     path: Path
     size: int
     sha256: str
+    chunks: Optional[Chunks] = None  # DEFAULT_CHUNK slices, hashed in the same pass as sha256
 
 
 def write_images(
@@ -249,7 +250,7 @@ def write_images(
                 packed.write(chunk)
     plain.path.unlink()
     tmp.replace(target)
-    return Written(target, out.size, out.digest.hexdigest())
+    return out.written(target)
 
 
 def write_archive(
@@ -285,7 +286,7 @@ def _write_layout(
     tmp.replace(target)
     if hashing is None:
         return Written(target, target.stat().st_size, "")
-    return Written(target, hashing.size, hashing.digest.hexdigest())
+    return hashing.written(target)
 
 
 def _unique_blobs(images: Sequence[PulledImage], cache: Cache) -> Dict[str, Any]:
@@ -335,16 +336,37 @@ def _add_blob(tar: tarfile.TarFile, digest: str, source: Any, cache: Cache) -> N
 
 
 class _HashingWriter:
-    """A file whose bytes are hashed and counted as they are written to it."""
+    """A file whose bytes are hashed and counted as they are written to it: whole, and in
+    DEFAULT_CHUNK slices (the bundle's chunk digests), in one pass over the same bytes. So the
+    bundle writer needs to read the archive neither for its sha256 nor for its chunk digests:
+    both describe exactly the bytes written, and the installer checks the copy chunk by chunk."""
 
-    def __init__(self, handle: IO[bytes]) -> None:
+    def __init__(self, handle: IO[bytes], chunk: int = DEFAULT_CHUNK) -> None:
         self.handle, self.digest, self.size = handle, hashlib.sha256(), 0
+        self._chunk, self._slice = chunk, hashlib.sha256()
+        self._slices: List[str] = []
 
     def write(self, data: bytes) -> int:
-        """Hash, count and write."""
+        """Hash (whole and by slice), count and write."""
         self.digest.update(data)
-        self.size += len(data)
+        view = memoryview(data)
+        while view:
+            room = self._chunk - (self.size % self._chunk)
+            part, view = view[:room], view[room:]
+            self._slice.update(part)
+            self.size += len(part)
+            if self.size % self._chunk == 0:
+                self._slices.append(self._slice.hexdigest())
+                self._slice = hashlib.sha256()
         return self.handle.write(data)
+
+    def written(self, target: Path) -> Written:
+        """What was written to `target`: size, sha256 and (above one chunk) chunk digests."""
+        slices = list(self._slices)
+        if self.size % self._chunk:
+            slices.append(self._slice.hexdigest())
+        chunks = Chunks(self._chunk, tuple(slices)) if self.size > self._chunk else None
+        return Written(target, self.size, self.digest.hexdigest(), chunks)
 
     def flush(self) -> None:
         """Flush the file."""
