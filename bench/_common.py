@@ -325,9 +325,26 @@ def write_release(root: Path, shape: Shape) -> List[str]:
     lines = "".join(f"{sums[name]}  {name}\n" for name in (airgap, binary))
     (release / checksum_name(ARCH)).write_text(lines, encoding="ascii")
     (release / "k3s-images.txt").write_text("docker.io/rancher/mirrored-pause:3.6\n")
+    (root / "registry" / "blobs").mkdir(parents=True)
+    blobs = write_image(root, IMAGE_REPO, IMAGE_TAG, shape.extra, 3)
+    paths = [f"/download/{VERSION}/{name}" for name in (checksum_name(ARCH), binary, airgap)]
+    paths.append(f"/v2/{IMAGE_REPO}/manifests/{IMAGE_TAG}")
+    paths += [f"/v2/{IMAGE_REPO}/blobs/sha256:{h}" for h in blobs[1:]]
+    return paths
+
+
+def write_image(
+    root: Path,
+    repo: str,
+    tag: str,
+    size: int,
+    seed: int,
+    layer_type: str = "application/vnd.oci.image.layer.v1.tar+gzip",
+) -> Tuple[str, str, str]:
+    """One linux/ARCH OCI image `repo:tag` (one generated layer of `size` bytes) in the
+    registry folder bench/_servers.py serves; the hex digests of its manifest, config, layer."""
     blobs = root / "registry" / "blobs"
-    blobs.mkdir(parents=True)
-    layer = write_generated(blobs / "layer.tmp", shape.extra, 3)
+    layer = write_generated(blobs / "layer.tmp", size, seed)
     (blobs / "layer.tmp").rename(blobs / layer)
     config = _json_bytes(
         {
@@ -348,24 +365,15 @@ def write_release(root: Path, shape: Shape) -> List[str]:
                 "digest": f"sha256:{config_hex}",
                 "size": len(config),
             },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": f"sha256:{layer}",
-                    "size": shape.extra,
-                }
-            ],
+            "layers": [{"mediaType": layer_type, "digest": f"sha256:{layer}", "size": size}],
         }
     )
     manifest_hex = hashlib.sha256(manifest).hexdigest()
     (blobs / manifest_hex).write_bytes(manifest)
-    tags = root / "registry" / "tags" / IMAGE_REPO
-    tags.mkdir(parents=True)
-    (tags / IMAGE_TAG).write_text(f"sha256:{manifest_hex}", encoding="ascii")
-    paths = [f"/download/{VERSION}/{name}" for name in (checksum_name(ARCH), binary, airgap)]
-    paths.append(f"/v2/{IMAGE_REPO}/manifests/{IMAGE_TAG}")
-    paths += [f"/v2/{IMAGE_REPO}/blobs/sha256:{h}" for h in (config_hex, layer)]
-    return paths
+    tags = root / "registry" / "tags" / repo
+    tags.mkdir(parents=True, exist_ok=True)
+    (tags / tag).write_text(f"sha256:{manifest_hex}", encoding="ascii")
+    return manifest_hex, config_hex, layer
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ upgrade on a fresh --root (which must be refused), to show the saving is install
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import subprocess
 import sys
@@ -38,11 +37,11 @@ from bench._common import (  # noqa: E402
     serve,
     verdict,
     workdir,
-    write_generated,
+    write_image,
     write_release,
 )
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+PLAIN_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 
 def human(size: int) -> str:
@@ -58,50 +57,6 @@ def image_size(text: str) -> int:
     if not digits.isdigit() or int(digits) * scale < KIB:
         raise argparse.ArgumentTypeError(f"cannot use {text!r} as an image size (>= 1K)")
     return int(digits) * scale
-
-
-def _json(doc: object) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-
-
-def write_image(root: Path, repo: str, size: int, seed: int) -> None:
-    """One linux/ARCH image `repo:1.0` (one generated layer of `size` bytes) in the registry."""
-    blobs = root / "registry" / "blobs"
-    layer = write_generated(blobs / "layer.tmp", size, seed)
-    (blobs / "layer.tmp").rename(blobs / layer)
-    config = _json(
-        {
-            "architecture": ARCH,
-            "os": "linux",
-            "config": {},
-            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer}"]},
-        }
-    )
-    config_hex = hashlib.sha256(config).hexdigest()
-    (blobs / config_hex).write_bytes(config)
-    manifest = _json(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": f"sha256:{config_hex}",
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": f"sha256:{layer}",
-                    "size": size,
-                }
-            ],
-        }
-    )
-    manifest_hex = hashlib.sha256(manifest).hexdigest()
-    (blobs / manifest_hex).write_bytes(manifest)
-    tags = root / "registry" / "tags" / repo
-    tags.mkdir(parents=True, exist_ok=True)
-    (tags / "1.0").write_text(f"sha256:{manifest_hex}", encoding="ascii")
 
 
 def build(base_url: str, images: List[str], cache: Path, out: Path, key: Path, *extra: str) -> None:
@@ -136,11 +91,13 @@ def measure(args: argparse.Namespace, work: Path) -> Tuple[int, List[Tuple[str, 
     write_release(work / "srv", shape)
     names = [f"bench/app-{n}" for n in range(args.images)]
     for number, repo in enumerate(names):
-        write_image(work / "srv", repo, args.image_size, 100 + number)
+        write_image(work / "srv", repo, "1.0", args.image_size, 100 + number, PLAIN_LAYER)
     private, public = keygen(work / "keys")
     with serve(work / "srv") as server:
         build(server.base_url, names, work / "cache", work / "full", private)
-        write_image(work / "srv", names[-1], args.image_size, 999)  # one image changed
+        write_image(
+            work / "srv", names[-1], "1.0", args.image_size, 999, PLAIN_LAYER
+        )  # one image changed
         full = bundle_path(work / "full")
         build(server.base_url, names, work / "cache", work / "since", private, "--since", str(full))
     upgrade = bundle_path(work / "since")
