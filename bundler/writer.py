@@ -280,9 +280,7 @@ def stage_bundle(
         raise UsageError(f"no local file given for bundle member {missing[0]}")
     # Chunk digests a producer took in the same pass as the file's sha256 (an image archive
     # this build wrote) describe the same bytes: such a fresh file is copied without a re-read.
-    same_pass = {
-        e.path for e in manifest.entries if e.chunks is not None and e.chunks.size == chunk
-    }
+    same_pass = set(_producer_chunks(manifest, chunk))
     manifest = with_chunks(manifest, files, chunk)
     data = manifest.to_bytes()
     sink = PartWriter(target, split)
@@ -317,16 +315,8 @@ def with_chunks(manifest: Manifest, files: Mapping[str, Path], chunk: int) -> Ma
     that changed between the chunk pass and the copy give a bundle the installer refuses: never
     a wrong file.
     """
-    large = [
-        e
-        for e in manifest.entries
-        if e.size > chunk and (e.chunks is None or e.chunks.size != chunk)
-    ]
-    digests: Dict[str, Tuple[str, ...]] = {
-        e.path: e.chunks.sha256
-        for e in manifest.entries
-        if e.size > chunk and e.chunks is not None and e.chunks.size == chunk
-    }  # taken by the producer in the pass that took the file's sha256
+    digests = _producer_chunks(manifest, chunk)
+    large = [e for e in manifest.entries if e.size > chunk and e.path not in digests]
     if not large:
         return _chunked(manifest, digests, chunk)
     with contextlib.ExitStack() as opened, HashPool() as pool:
@@ -347,6 +337,15 @@ def with_chunks(manifest: Manifest, files: Mapping[str, Path], chunk: int) -> Ma
         for path, chunk_jobs in jobs.items():
             digests[path] = tuple(job.result() for job in chunk_jobs)
     return _chunked(manifest, digests, chunk)
+
+
+def _producer_chunks(manifest: Manifest, chunk: int) -> Dict[str, Tuple[str, ...]]:
+    """Chunk digests a producer took at size `chunk` in the pass that took the file's sha256."""
+    return {
+        e.path: e.chunks.sha256
+        for e in manifest.entries
+        if e.size > chunk and e.chunks is not None and e.chunks.size == chunk
+    }
 
 
 def _chunked(manifest: Manifest, digests: Mapping[str, Tuple[str, ...]], chunk: int) -> Manifest:

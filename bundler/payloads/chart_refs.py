@@ -33,10 +33,6 @@ class ChartFindings:
                 by_image.setdefault(image.reference, []).append(chart)
         return {name: tuple(charts) for name, charts in by_image.items()}
 
-    def references(self) -> List[Reference]:
-        """Every discovered image as a Reference, sorted by name."""
-        return [parse_reference(name) for name in sorted(self.charts_of())]
-
 
 def check_mode(mode: str) -> str:
     """`--chart-images` is auto or off."""
@@ -80,5 +76,6 @@ def with_chart_images(
     """The build's images plus the charts' (given ones first, no name twice), and which chart
     pulled in which image."""
     names = {ref.name for ref in refs}
-    added = [ref for ref in findings.references() if ref.name not in names]
-    return [*refs, *added], findings.charts_of()
+    charts_of = findings.charts_of()
+    added = [parse_reference(name) for name in sorted(charts_of) if name not in names]
+    return [*refs, *added], charts_of
