@@ -14,6 +14,7 @@ from k3bundle.bundler import since, uptodate
 from k3bundle.bundler.cache import Cache
 from k3bundle.bundler.keys import Prompt, load_signer
 from k3bundle.bundler.net.fetch import Fetcher, FetchEvents
+from k3bundle.bundler.net.limits import is_hex_key
 from k3bundle.bundler.net.transport import DISK_ERRORS
 from k3bundle.bundler.payloads import extras, release
 from k3bundle.bundler.payloads.context import BuildContext, BuildSettings, Producer
@@ -114,7 +115,9 @@ def _finish(ctx: BuildContext, resolved: release.Resolved, produced: Produced) -
     installer = write_zipapp(ctx.work / INSTALLER_NAME)
     installer_sha256 = sha256_file(installer)
     digest = uptodate.recipe(
-        manifest.to_bytes(),
+        # Chunk digests follow from the bytes, and a download takes them while a cached file
+        # does not: the same inputs are the same recipe whether the cache was warm or cold.
+        _without_chunks(manifest).to_bytes(),
         writer_code_sha256(),
         signer.key_id if signer else None,
         settings.split,
@@ -123,12 +126,13 @@ def _finish(ctx: BuildContext, resolved: release.Resolved, produced: Produced) -
         source_date_epoch(),
     )
     stamp = None if settings.force else uptodate.current(ctx.cache, output, digest)
-    if stamp is not None:
-        bundle = _recorded_bundle(output, stamp, manifest)
-    else:
+    bundle = _recorded_bundle(output, stamp) if stamp is not None else None
+    up_to_date = bundle is not None
+    if bundle is None:
         uptodate.forget(ctx.cache, output)
         bundle, sha256s = _write(ctx, manifest, produced, target, (installer, installer_sha256))
-        record = {"bundle": {"files": [p.name for p in bundle.files], "size": bundle.size}}
+        names = [p.name for p in bundle.files]
+        record = {"bundle": {"files": names, "size": bundle.size, "id": bundle.bundle_id}}
         uptodate.save(ctx.cache, output, digest, _outputs(output, bundle), sha256s, record)
     return BuildResult(
         resolved.version,
@@ -140,7 +144,7 @@ def _finish(ctx: BuildContext, resolved: release.Resolved, produced: Produced) -
         signer.key_id if signer else None,
         ctx.fetcher.transferred,
         _outputs(output, bundle),
-        up_to_date=stamp is not None,
+        up_to_date=up_to_date,
     )
 
 
@@ -208,17 +212,28 @@ def _outputs(output: Path, bundle: BundleOutput) -> List[Path]:
     return [*bundle.files, output / INSTALLER_NAME, output / SUMS_NAME]
 
 
-def _recorded_bundle(output: Path, stamp: Mapping[str, Any], manifest: Manifest) -> BundleOutput:
-    """The BundleOutput of the build DIR already holds, from its stamp."""
-    names = [str(name) for name in stamp["bundle"]["files"]]
-    index = next((output / n for n in names if n.endswith(PARTS_SUFFIX)), None)
-    return BundleOutput(
-        [output / n for n in names],
-        hashlib.sha256(manifest.to_bytes()).hexdigest(),
-        int(stamp["bundle"]["size"]),
-        index,
-        {n: str(stamp["files"][n]["sha256"]) for n in names},
-    )
+def _recorded_bundle(output: Path, stamp: Mapping[str, Any]) -> Optional[BundleOutput]:
+    """The BundleOutput of the build DIR already holds, from its stamp (None when the stamp
+    does not say, or not in the expected shape: the build is then written anew)."""
+    try:
+        names = [str(name) for name in stamp["bundle"]["files"]]
+        bundle_id = stamp["bundle"]["id"]
+        if not (isinstance(bundle_id, str) and is_hex_key(bundle_id)):
+            return None
+        index = next((output / n for n in names if n.endswith(PARTS_SUFFIX)), None)
+        return BundleOutput(
+            [output / n for n in names],
+            bundle_id,
+            int(stamp["bundle"]["size"]),
+            index,
+            {n: str(stamp["files"][n]["sha256"]) for n in names},
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _without_chunks(manifest: Manifest) -> Manifest:
+    return replace(manifest, entries=tuple(replace(e, chunks=None) for e in manifest.entries))
 
 
 def default_name(version: str, arches: Sequence[str]) -> str:

@@ -8,7 +8,6 @@ cache only when its sha256 matches the expected one.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +37,12 @@ from k3bundle.bundler.net.transport import (
     stream_body,
     with_retries,
 )
+from k3bundle.bundler.stream_digest import StreamDigest, digest_prefix
 from k3bundle.installer.errors import FetchError, IntegrityError
+from k3bundle.installer.format import Chunks
 
 __all__ = ["USER_AGENT", "FetchSettings", "make_session"]  # their home is bundler/net/transport.py
 
-CHUNK = 1 << 20
 _T = TypeVar("_T")
 DEFAULT_SETTINGS = FetchSettings()
 
@@ -104,6 +104,8 @@ class Fetcher:
         self._sleep = sleep or self.cancel.sleep  # a backoff ends at once on Ctrl-C
         self.tally = Tally()
         self.downloaded: Set[str] = set()  # sha256s fetched (and verified) by this run
+        # Chunk digests of those files, taken in the download's own hashing pass.
+        self.chunks: Dict[str, Optional[Chunks]] = {}
 
     @property
     def transferred(self) -> int:
@@ -217,7 +219,7 @@ class Fetcher:
     def _stream(
         self, download: Download, response: requests.Response, partial: Path, offset: int
     ) -> Path:
-        digest = hash_prefix(partial, offset)
+        digest = digest_prefix(partial, offset)
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
         limit = min(download.max_size, total if total is not None else download.max_size)
@@ -229,7 +231,7 @@ class Fetcher:
         if written > limit:  # stopped one buffer past the bound: nothing of it is kept
             partial.unlink()
             raise too_large(download.url, limit)
-        return self._admit(download, partial, digest.hexdigest())
+        return self._admit(download, partial, digest)
 
     def _write(
         self,
@@ -238,7 +240,7 @@ class Fetcher:
         partial: Path,
         offset: int,
         limit: int,
-        digest: hashlib._Hash,
+        digest: StreamDigest,
     ) -> int:
         """Append the body to `partial` from `offset`, stopping one byte past `limit`."""
 
@@ -248,7 +250,8 @@ class Fetcher:
 
         return stream_body(response, partial, offset, limit, digest, self.cancel, received)
 
-    def _admit(self, download: Download, partial: Path, actual: str) -> Path:
+    def _admit(self, download: Download, partial: Path, digest: StreamDigest) -> Path:
+        actual = digest.hexdigest()
         if actual != download.sha256:
             partial.unlink()
             raise IntegrityError(
@@ -258,21 +261,12 @@ class Fetcher:
                 "the mirror against upstream's sha256sum file.",
             )
         path = self.cache.admit(partial, download.sha256)
+        self.chunks[download.sha256] = digest.chunks()
         self.downloaded.add(download.sha256)
         self.events.finished(download, cached=False)
         return path
 
 
-def hash_prefix(path: Path, size: int) -> hashlib._Hash:
-    """A sha256 object fed the first `size` bytes of `path` (to resume a partial download)."""
-    digest = hashlib.sha256()
-    if size:
-        with open(path, "rb") as handle:
-            left = size
-            while left:
-                chunk = handle.read(min(CHUNK, left))
-                if not chunk:
-                    break
-                digest.update(chunk)
-                left -= len(chunk)
-    return digest
+def hash_prefix(path: Path, size: int) -> StreamDigest:
+    """The sha256 (no chunk digests) of the first `size` bytes of `path`, to resume a blob."""
+    return digest_prefix(path, size, chunk=None)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import errno
-import hashlib
 import queue
 import random
 import socket
@@ -31,6 +30,7 @@ from typing import (
     Iterator,
     List,
     Optional,
+    Protocol,
     Sequence,
     Set,
     Tuple,
@@ -59,6 +59,13 @@ _R = TypeVar("_R")
 GRACE = 1.0  # seconds the main thread waits for workers after Ctrl-C
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG)
 CHUNK = 4 << 20  # at most this much per read; a read returns whatever has arrived
+
+
+class Hasher(Protocol):
+    """What stream_body feeds each received piece to (a StreamDigest)."""
+
+    def update(self, data: bytes) -> None:
+        """Take the next bytes."""
 
 
 @dataclass(frozen=True)
@@ -359,7 +366,7 @@ def stream_body(
     partial: Path,
     offset: int,
     limit: int,
-    digest: hashlib._Hash,
+    digest: Hasher,
     cancel: Cancel,
     received: Callable[[int], None],
 ) -> int:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
+import os
 import tarfile
 import threading
 from dataclasses import dataclass
@@ -23,6 +23,8 @@ from k3bundle.bundler.net.limits import check_digest, check_size
 from k3bundle.bundler.net.transport import Cancel, run_parallel
 from k3bundle.bundler.oci.reference import Reference
 from k3bundle.bundler.oci.registry import Fetched, RegistryClient
+from k3bundle.bundler.stream_digest import READ as BLOB_READ
+from k3bundle.bundler.stream_digest import StreamDigest
 from k3bundle.installer.errors import FetchError, IntegrityError
 from k3bundle.installer.format import DEFAULT_CHUNK, Chunks, load_json
 
@@ -274,13 +276,14 @@ def _write_layout(
         hashing = _HashingWriter(raw) if hashed else None
         out = hashing.io() if hashing is not None else raw
         sink = _zstd_writer(out) if compress else out
-        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            _add_bytes(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-            _add_bytes(tar, "index.json", layout_index(images))
-            _add_dir(tar, "blobs")
-            _add_dir(tar, "blobs/sha256")
-            for digest, source in sorted(_unique_blobs(images, cache).items()):
-                _add_blob(tar, digest, source, cache)
+        tar = _TarStream(sink)
+        tar.add_bytes("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        tar.add_bytes("index.json", layout_index(images))
+        tar.add_dir("blobs")
+        tar.add_dir("blobs/sha256")
+        for digest, source in sorted(_unique_blobs(images, cache).items()):
+            _add_blob(tar, digest, source, cache)
+        tar.close()
         if compress:
             sink.close()
     tmp.replace(target)
@@ -301,72 +304,98 @@ def _unique_blobs(images: Sequence[PulledImage], cache: Cache) -> Dict[str, Any]
     return blobs
 
 
-def _info(
-    name: str, size: int, mode: int = 0o644, kind: bytes = tarfile.REGTYPE
-) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime, info.type = size, mode, 0, kind
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
+class _TarStream:
+    """An uncompressed PAX tar written front to back, byte for byte what tarfile's "w|" mode
+    writes for the same members (its headers, NUL padding to 512 bytes, two end blocks, the
+    10 KiB record), but a blob's data goes through in 1 MiB writes, not tarfile's 10 KiB ones:
+    the writes are what the archive's hashing and compression see."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out, self.offset = out, 0
+
+    def _write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.offset += len(data)
+
+    def header(
+        self, name: str, size: int, mode: int = 0o644, kind: bytes = tarfile.REGTYPE
+    ) -> None:
+        """One member's header block(s): uid/gid 0, no user names, mtime 0."""
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime, info.type = size, mode, 0, kind
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+
+    def data(self, data: bytes) -> None:
+        """Part of the current member's data."""
+        self._write(data)
+
+    def pad(self) -> None:
+        """NULs up to the next 512-byte block, after a member's data."""
+        self._write(b"\0" * (-self.offset % tarfile.BLOCKSIZE))
+
+    def add_bytes(self, name: str, data: bytes) -> None:
+        """A regular file member holding `data`."""
+        self.header(name, len(data))
+        self.data(data)
+        self.pad()
+
+    def add_dir(self, name: str) -> None:
+        """A directory member."""
+        self.header(name, 0, 0o755, tarfile.DIRTYPE)
+
+    def close(self) -> None:
+        """The two end blocks, then NULs to a whole record, as tarfile's close writes them."""
+        self._write(b"\0" * (2 * tarfile.BLOCKSIZE))
+        self._write(b"\0" * (-self.offset % tarfile.RECORDSIZE))
 
 
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    tar.addfile(_info(name, len(data)), io.BytesIO(data))
-
-
-def _add_dir(tar: tarfile.TarFile, name: str) -> None:
-    tar.addfile(_info(name, 0, 0o755, tarfile.DIRTYPE))
-
-
-def _add_blob(tar: tarfile.TarFile, digest: str, source: Any, cache: Cache) -> None:
+def _add_blob(tar: _TarStream, digest: str, source: Any, cache: Cache) -> None:
     name = f"blobs/sha256/{digest.split(':', 1)[-1]}"
     if isinstance(source, bytes):
-        _add_bytes(tar, name, source)
+        tar.add_bytes(name, source)
         return
-    with open(source, "rb") as handle:
-        reader = _HashingReader(handle)  # a cached blob may have rotted since it was verified
-        tar.addfile(_info(name, source.stat().st_size), reader)
-    if reader.digest.hexdigest() != source.name and cache.evict_rotted([source]):
+    check = hashlib.sha256()  # a cached blob may have rotted since it was verified
+    with open(source, "rb", buffering=0) as handle:
+        left = os.fstat(handle.fileno()).st_size
+        tar.header(name, left)
+        while left:
+            data = handle.read(min(BLOB_READ, left))
+            if not data:
+                break
+            check.update(data)
+            tar.data(data)
+            left -= len(data)
+    tar.pad()
+    if left or check.hexdigest() != source.name:
+        evicted = cache.evict_rotted([source])
         raise IntegrityError(
-            f"the cache entry {source} (blob {digest}) no longer matched its sha256: evicted "
-            "from the cache, so the next build fetches it again",
-            "Run the build again; if this happens again, check the disk that holds the cache.",
+            f"the cache entry {source} (blob {digest}) no longer matched its sha256"
+            + (": evicted from the cache, so the next build fetches it again" if evicted else ""),
+            "Run the build again; if this happens again, check the disk that holds the cache "
+            "and that nothing else writes to it.",
         )
 
 
 class _HashingWriter:
     """A file whose bytes are hashed and counted as they are written to it: whole, and in
-    DEFAULT_CHUNK slices (the bundle's chunk digests), in one pass over the same bytes. So the
-    bundle writer needs to read the archive neither for its sha256 nor for its chunk digests:
-    both describe exactly the bytes written, and the installer checks the copy chunk by chunk."""
+    DEFAULT_CHUNK slices (the bundle's chunk digests), in one pass over the same bytes
+    (StreamDigest). So the bundle writer needs to read the archive neither for its sha256 nor
+    for its chunk digests: both describe exactly the bytes written, and the installer checks the
+    copy chunk by chunk."""
 
     def __init__(self, handle: IO[bytes], chunk: int = DEFAULT_CHUNK) -> None:
-        self.handle, self.digest, self.size = handle, hashlib.sha256(), 0
-        self._chunk, self._slice = chunk, hashlib.sha256()
-        self._slices: List[str] = []
+        self.handle, self.digest = handle, StreamDigest(chunk)
 
     def write(self, data: bytes) -> int:
         """Hash (whole and by slice), count and write."""
         self.digest.update(data)
-        view = memoryview(data)
-        while view:
-            room = self._chunk - (self.size % self._chunk)
-            part, view = view[:room], view[room:]
-            self._slice.update(part)
-            self.size += len(part)
-            if self.size % self._chunk == 0:
-                self._slices.append(self._slice.hexdigest())
-                self._slice = hashlib.sha256()
         return self.handle.write(data)
 
     def written(self, target: Path) -> Written:
         """What was written to `target`: size, sha256 and (above one chunk) chunk digests."""
-        slices = list(self._slices)
-        if self.size % self._chunk:
-            slices.append(self._slice.hexdigest())
-        chunks = Chunks(self._chunk, tuple(slices)) if self.size > self._chunk else None
-        return Written(target, self.size, self.digest.hexdigest(), chunks)
+        return Written(target, self.digest.size, self.digest.hexdigest(), self.digest.chunks())
 
     def flush(self) -> None:
         """Flush the file."""
@@ -376,19 +405,6 @@ class _HashingWriter:
         """This writer where a binary file is expected (tarfile, gzip and zstandard only call
         write and flush)."""
         return cast(IO[bytes], self)
-
-
-class _HashingReader:
-    """A file whose bytes are hashed as tarfile reads them."""
-
-    def __init__(self, handle: IO[bytes]) -> None:
-        self.handle, self.digest = handle, hashlib.sha256()
-
-    def read(self, size: int = -1) -> bytes:
-        """Read and hash."""
-        data = self.handle.read(size)
-        self.digest.update(data)
-        return data
 
 
 def _zstd_writer(raw: IO[bytes]) -> IO[bytes]:

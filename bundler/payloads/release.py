@@ -177,6 +177,8 @@ def produce(ctx: BuildContext, earlier: Produced) -> Produced:
             asset.mode,
             asset.arch,
             source,
+            # taken by the download's own hashing pass, of the bytes whose sha256 it checked
+            chunks=ctx.fetcher.chunks.get(asset.download.sha256),
         )
         produced.add(entry, local, fresh=asset.download.sha256 in ctx.fetcher.downloaded)
     return produced
