@@ -6,16 +6,29 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 from k3bundle.bundler import since, uptodate
 from k3bundle.bundler.cache import Cache
 from k3bundle.bundler.keys import Prompt, load_signer
 from k3bundle.bundler.net.fetch import Fetcher, FetchEvents
 from k3bundle.bundler.net.limits import is_hex_key
-from k3bundle.bundler.net.transport import DISK_ERRORS
+from k3bundle.bundler.net.transport import DISK_ERRORS, GRACE, Cancelled
 from k3bundle.bundler.payloads import extras, release
 from k3bundle.bundler.payloads.context import BuildContext, BuildSettings, Producer
 from k3bundle.bundler.payloads.produced import Produced, combined
@@ -39,6 +52,15 @@ Warn = Callable[[str], None]
 # line here; each producer sees what the ones before it produced (the image producer adds the
 # images the charts deploy, so the charts come first).
 PRODUCERS: Tuple[Producer, ...] = (release.produce, extras.produce_charts, extras.produce_images)
+# What each producer reads from earlier ones (a producer not named here reads them all): the
+# release's files come from the release server, the charts from chart repositories, and only
+# the images need the charts (the images they deploy). So all three fetch at once, and the
+# extras' local work (writing image archives) overlaps the release's transfer, the longest.
+READS: Mapping[Producer, Tuple[Producer, ...]] = {
+    release.produce: (),
+    extras.produce_charts: (),
+    extras.produce_images: (extras.produce_charts,),
+}
 
 
 @dataclass
@@ -91,12 +113,71 @@ def build(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def produce(ctx: BuildContext, producers: Sequence[Producer]) -> Produced:
-    """Run every producer in order, each seeing what the earlier ones produced."""
-    parts: List[Produced] = []
+def produce(
+    ctx: BuildContext,
+    producers: Sequence[Producer],
+    reads: Mapping[Producer, Sequence[Producer]] = READS,
+) -> Produced:
+    """Run every producer, each on its own thread as soon as the producers it reads from (all
+    earlier ones unless `reads` says) are done, seeing what they produced. Results in
+    `producers` order.
+
+    The first error is raised; an error in any producer cancels the others (their transfers
+    stop at once), and Ctrl-C cancels them all.
+    """
+    runners: List[_Runner] = []
     for producer in producers:
-        parts.append(producer(ctx, combined(parts)))
+        wanted = reads.get(producer)
+        needs = list(runners) if wanted is None else [r for r in runners if r.producer in wanted]
+        runners.append(_Runner(ctx, producer, needs))
+    try:
+        parts = [runner.result() for runner in runners]
+    except BaseException as exc:
+        ctx.fetcher.cancel.set()
+        deadline = time.monotonic() + GRACE
+        for runner in runners:
+            runner.thread.join(max(0.0, deadline - time.monotonic()))
+        cause = next((r.error for r in runners if r.failed()), None)
+        if cause is not None and cause is not exc:
+            raise cause from None  # what went wrong first, not the cancel it caused here
+        raise
     return combined(parts)
+
+
+class _Runner:
+    """One producer on its own (daemon) thread, started once those it reads from are done; its
+    failure cancels the build's transfers."""
+
+    def __init__(self, ctx: BuildContext, producer: Producer, needs: Sequence[_Runner]) -> None:
+        self.producer, self.needs = producer, tuple(needs)
+        self.value: Optional[Produced] = None
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, args=(ctx,), daemon=True)
+        self.thread.start()
+
+    def _run(self, ctx: BuildContext) -> None:
+        try:
+            for need in self.needs:
+                need.thread.join()
+                if need.error is not None:
+                    raise Cancelled()  # it failed: its error is the one raised
+            earlier = combined([need.value for need in self.needs if need.value is not None])
+            self.value = self.producer(ctx, earlier)
+        except BaseException as exc:  # handed to the main thread, which raises it
+            self.error = exc
+            ctx.fetcher.cancel.set()
+
+    def failed(self) -> bool:
+        """Whether it stopped with an error of its own (not the cancel another one caused)."""
+        return self.error is not None and not isinstance(self.error, Cancelled)
+
+    def result(self) -> Produced:
+        """Wait for it (Ctrl-C still arrives); its result, or its error raised here."""
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        assert self.value is not None
+        return self.value
 
 
 def _finish(ctx: BuildContext, resolved: release.Resolved, produced: Produced) -> BuildResult:

@@ -330,6 +330,8 @@ def run_parallel(
     _join(threads, cancel)
     if errors:
         raise errors[min(errors)]
+    if len(results) < len(items):  # cancelled (another part of the build failed) before all ran
+        raise Cancelled()
     return [results[index] for index in range(len(items))]
 
 

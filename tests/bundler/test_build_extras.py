@@ -12,6 +12,7 @@ import hashlib
 import json
 import stat
 import threading
+import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Tuple
@@ -471,3 +472,55 @@ def test_build_writes_gz_and_plain_tar_image_archives_when_asked(
         assert code == 0, output
         files = by_path(inspect_bundle(str(bundle_path(out / "dist"))))
         assert files[f"amd64/k3bundle-images-amd64{suffix}"]["kind"] == "images"
+
+
+# --- the release and the extras are fetched at the same time --------------------------------
+
+AIRGAP = "k3s-airgap-images-amd64.tar.zst"
+
+
+def test_the_images_are_pulled_and_written_while_the_release_still_downloads(
+    server: ReleaseServer, images: PushedImages, release_root: Path, tmp_path: Path
+) -> None:
+    server.fault(AIRGAP, "stall", seconds=2.0, after=1000)  # the release's long transfer
+    code, output = image_build(server, tmp_path, images.single)
+    assert code == 0, output
+    cached = {p.name: p.stat().st_mtime for p in (tmp_path / "cache" / "sha256").iterdir()}
+    release = {
+        hashlib.sha256(f.read_bytes()).hexdigest() for f in (release_root / VERSION).iterdir()
+    }
+    blobs = [mtime for name, mtime in cached.items() if name not in release]
+    assert blobs, "no image blob was cached"
+    airgap_done = cached[hashlib.sha256((release_root / VERSION / AIRGAP).read_bytes()).hexdigest()]
+    # every blob was in the cache well before the stalled release file's last byte
+    assert max(blobs) < airgap_done - 1.0
+
+
+def test_a_release_file_that_fails_while_images_are_pulled_is_the_error_reported(
+    server: ReleaseServer, images: PushedImages, tmp_path: Path
+) -> None:
+    server.fault(AIRGAP, "corrupt", times=-1)
+    code, output = image_build(server, tmp_path, images.single)
+    errors = [line for line in output.splitlines() if line.startswith("Error: ")]
+    assert code == 4 and len(errors) == 1, output
+    assert "checksum mismatch for" in errors[0] and AIRGAP in errors[0]
+    assert not (tmp_path / "dist").exists() or not list((tmp_path / "dist").iterdir())
+
+
+def test_an_image_that_fails_cancels_the_release_download_at_once(
+    server: ReleaseServer, basic_image: str, release_root: Path, tmp_path: Path
+) -> None:
+    server.fault(AIRGAP, "stall", seconds=30.0, after=1000)
+    started = time.monotonic()
+    code, output = image_build(server, tmp_path, basic_image)  # no credentials: refused
+    assert time.monotonic() - started < 15.0  # not held until the stalled transfer ends
+    errors = [line for line in output.splitlines() if line.startswith("Error: ")]
+    assert code == 8 and len(errors) == 1, output
+    assert f"access denied to {basic_image} without credentials" in errors[0]
+    assert not (tmp_path / "dist").exists() or not list((tmp_path / "dist").iterdir())
+    # what the release had fetched waits as a resumable partial, named by upstream's sha256
+    release = {
+        hashlib.sha256(f.read_bytes()).hexdigest() for f in (release_root / VERSION).iterdir()
+    }
+    partials = [p.name for p in (tmp_path / "cache" / "partial").glob("*.part")]
+    assert all(name[:-5] in release for name in partials)
