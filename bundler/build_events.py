@@ -6,16 +6,18 @@ byte fetched is shown and counted in one total.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 import click
-from tqdm import tqdm
 
 from k3bundle.bundler.net.fetch import Download, FetchEvents
+from k3bundle.bundler.progress import bar_write, new_bar
 from k3bundle.installer.progress import human_size
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 PERIOD = 10.0  # seconds between progress lines when stderr is not a terminal
 
@@ -46,7 +48,7 @@ class TqdmFetchEvents(FetchEvents):
             old = self._bars.pop(key, None)
             if old is not None:
                 old.close()
-            self._bars[key] = tqdm(
+            self._bars[key] = new_bar(
                 total=total, initial=done, desc=download.name, **_BYTES, leave=False
             )
             received = self._received.setdefault(key, 0)
@@ -61,7 +63,7 @@ class TqdmFetchEvents(FetchEvents):
 
     def _total_bar(self) -> tqdm[Any]:
         if self._total is None:
-            self._total = tqdm(total=0, desc="downloaded", **_BYTES, leave=True)
+            self._total = new_bar(total=0, desc="downloaded", **_BYTES, leave=True)
         return self._total
 
     def advanced(self, download: Download, count: int) -> None:
@@ -83,11 +85,11 @@ class TqdmFetchEvents(FetchEvents):
             bar = self._bars.pop(_key(download), None)
             if bar is not None:
                 bar.close()
-            tqdm.write(f"{'cached  ' if cached else 'verified'} {download.name}", file=sys.stderr)
+            bar_write(f"{'cached  ' if cached else 'verified'} {download.name}")
 
     def retried(self, download: Download, attempt: int, reason: str, delay: float) -> None:
         """Say which transfer is retried, after which attempt, and when."""
-        tqdm.write(retry_line(download, attempt, reason, delay), file=sys.stderr)
+        bar_write(retry_line(download, attempt, reason, delay))
 
     def close(self) -> None:
         """Close every bar still open (the build ended, or was interrupted)."""

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
-
-from tqdm import tqdm
+import sys
+from typing import TYPE_CHECKING, Any, Optional
 
 from k3bundle.installer.progress import Progress
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+
+def new_bar(**options: Any) -> tqdm[Any]:
+    """A tqdm bar; tqdm is imported on the first one (a run with no terminal draws none, and
+    importing tqdm costs ~70 ms of start-up: it reads its version from package metadata)."""
+    from tqdm import tqdm
+
+    return tqdm(**options)
+
+
+def bar_write(text: str) -> None:
+    """A line on stderr above the bars (tqdm.write)."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr)
 
 
 class TqdmProgress(Progress):
@@ -17,7 +34,7 @@ class TqdmProgress(Progress):
 
     def start(self, label: str, total: int) -> None:
         """Open a byte-counting bar."""
-        self._bar = tqdm(
+        self._bar = new_bar(
             total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024, leave=True
         )
 
