@@ -14,6 +14,7 @@ from k3bundle.bundler import terminal
 from k3bundle.bundler.build import BuildResult, BuildSettings, build
 from k3bundle.bundler.build_events import LogFetchEvents, TqdmFetchEvents
 from k3bundle.bundler.cache import default_cache_dir
+from k3bundle.bundler.memory import one_arena
 from k3bundle.bundler.net.fetch import FetchEvents, FetchSettings
 from k3bundle.bundler.net.transport import Interrupted
 from k3bundle.bundler.oci.credentials import parse_registry_auth, read_auth_file
@@ -215,6 +216,7 @@ def build_command(spec_file: Optional[Path], **flags: Any) -> None:
     events = fetch_events(on_tty, verbose, flags["quiet"])
     progress: Progress = TqdmProgress() if on_tty else Progress()
     try:
+        one_arena()  # before the build's threads: its peak RSS stays flat with size
         result = build(settings, events, progress, _warn, prompt_secret)
     except KeyboardInterrupt:
         raise Interrupted(
