@@ -2,6 +2,10 @@
 
 This is the one definition of these commands' options: `k3bundle install|verify|inspect` and
 `python3 k3bundle-install.pyz install|verify|inspect` both end up in `main` below.
+
+The modules only other commands use (the lifecycle, the summaries' wording) are imported by
+those commands: start-up is part of every install's time, and the zipapp compiles each module it
+imports from source on every run (bench/install_vs_tar.py).
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from k3bundle.installer.cli_parser import build_parser
@@ -29,10 +32,8 @@ from k3bundle.installer.format.verify import (
 )
 from k3bundle.installer.host.install import install
 from k3bundle.installer.host.install_args import install_options, join_exec, kubeconfig_lines
-from k3bundle.installer.host.lifecycle import recover_root, rollback, status, uninstall
 from k3bundle.installer.host.service import is_host_root, is_root_user, run_command
 from k3bundle.installer.progress import Progress, TextProgress
-from k3bundle.installer.summaries import inspect_lines, status_lines, verify_lines
 
 ProgressFactory = Callable[[], Progress]
 
@@ -78,6 +79,8 @@ def fail(message: str, code: int, verbose: bool, prefix: str = "Error: ") -> int
     """Print the error line (after the traceback, with --verbose) and return `code`."""
     try:
         if verbose:
+            import traceback  # only when asked for: every run would pay for it at start-up
+
             traceback.print_exc()
         print(f"{prefix}{message}", file=sys.stderr)
     except BrokenPipeError:  # stderr is gone too: the exit code is all that is left to say
@@ -118,6 +121,29 @@ def _dispatch(args: argparse.Namespace, progress: Progress) -> int:
     _require_root(args)
     if args.command == "status":
         return _status(args)
+    if args.command in ("recover", "rollback", "uninstall"):
+        return _lifecycle(args)
+    if args.command == "inspect" and args.manifest:
+        _write_bytes(read_manifest_bytes(args.bundle))
+        return 0
+    if args.command == "inspect":
+        from k3bundle.installer.summaries import inspect_lines
+
+        _emit(inspect_bundle(args.bundle), args.json, inspect_lines)
+        return 0
+    if args.command == "verify":
+        from k3bundle.installer.summaries import verify_lines
+
+        summary = verify_bundle(args.bundle, args.pubkey, args.root, args.allow_unsigned, progress)
+        _emit(summary, args.json, verify_lines)
+        return 0
+    return _install(args, progress)
+
+
+def _lifecycle(args: argparse.Namespace) -> int:
+    """recover, rollback and uninstall (host/lifecycle.py)."""
+    from k3bundle.installer.host.lifecycle import recover_root, rollback, uninstall
+
     if args.command == "recover":
         recovered = recover_root(args.root, _reporter(args), args.wait)
         print(f"Recovered: {recovered}." if recovered else f"Nothing to recover under {args.root}.")
@@ -127,31 +153,12 @@ def _dispatch(args: argparse.Namespace, progress: Progress) -> int:
         done = rollback(args.root, report, run_command, args.no_start, args.force, args.wait)
         print(f"Rolled back: k3s {done['from']} -> {done['to']}.")
         return 0
-    if args.command == "uninstall":
-        removed = uninstall(
-            args.root,
-            _reporter(args),
-            run_command,
-            args.purge,
-            args.dry_run,
-            args.force,
-            args.wait,
-        )
-        verb = "would remove" if args.dry_run else "removed"
-        print(f"Uninstalled: {verb} {len(removed)} paths under {args.root}.")
-        return 0
-    if args.command == "inspect" and args.manifest:
-        _write_bytes(read_manifest_bytes(args.bundle))
-        return 0
-    if args.command == "inspect":
-        summary = inspect_bundle(args.bundle)
-        _emit(summary, args.json, inspect_lines)
-        return 0
-    if args.command == "verify":
-        summary = verify_bundle(args.bundle, args.pubkey, args.root, args.allow_unsigned, progress)
-        _emit(summary, args.json, verify_lines)
-        return 0
-    return _install(args, progress)
+    removed = uninstall(
+        args.root, _reporter(args), run_command, args.purge, args.dry_run, args.force, args.wait
+    )
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"Uninstalled: {verb} {len(removed)} paths under {args.root}.")
+    return 0
 
 
 def _write_bytes(data: bytes) -> None:
@@ -191,7 +198,16 @@ def _reporter(args: argparse.Namespace) -> Callable[[str], None]:
     return lambda line: print(line, file=sys.stderr)
 
 
+def status(root: str, report: Callable[[str], None]) -> Dict[str, Any]:
+    """What is installed under `root` and whether it is intact (host/lifecycle.py's status)."""
+    from k3bundle.installer.host.lifecycle import status as host_status
+
+    return host_status(root, report)
+
+
 def _status(args: argparse.Namespace) -> int:
+    from k3bundle.installer.summaries import status_lines
+
     summary = status(args.root, _reporter(args))
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))

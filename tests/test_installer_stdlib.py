@@ -145,3 +145,25 @@ def test_installer_cli_imports_with_no_site_packages(tmp_path: Path) -> None:
     ]
     assert leaked == []
     assert "k3bundle.installer.format.signature" in child["modules"]
+
+
+# imported by the commands (or the rare hosts) that need them, never by an install's start-up
+LAZY = (
+    "subprocess",
+    "tempfile",
+    "traceback",
+    "k3bundle.installer.host.lifecycle",
+    "k3bundle.installer.summaries",
+    "k3bundle.installer.yaml.subset",
+)
+
+
+def test_the_install_path_leaves_other_commands_modules_unimported() -> None:
+    # start-up is part of every install's time, and the zipapp compiles each imported module
+    code = "import sys, k3bundle.installer.cli as c; print(' '.join(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True
+    )
+    loaded = set(done.stdout.split())
+    assert "k3bundle.installer.host.install" in loaded
+    assert [name for name in LAZY if name in loaded] == []

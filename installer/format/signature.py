@@ -12,8 +12,6 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -188,6 +186,9 @@ def verify_openssl(
             "is available on this host",
             "Install openssl (1.1.1 or newer), or verify the bundle on another machine.",
         )
+    import subprocess  # here: only a host without 'cryptography' pays for these imports
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="k3bundle-verify-") as tmp:
         files = {"key.pub": key.pem(), "k3bundle.json": message, "sig.bin": value}
         for name, data in files.items():

@@ -19,7 +19,6 @@ from k3bundle.installer.host.destination import HostDestination
 from k3bundle.installer.host.layout import ADMIN_CONFIG, CONFIG_DIR
 from k3bundle.installer.host.record import Record
 from k3bundle.installer.host.rootfs import read_file
-from k3bundle.installer.yaml.subset import parse_yaml
 
 __all__ = ["FILES", "admin_layers", "drop_ins", "merge_registries", "state_bytes"]
 
@@ -59,6 +58,8 @@ def _edited(
 
 def read_admin_file(dest: HostDestination, target: str, data: bytes) -> Dict[str, Any]:
     """An admin's k3s YAML file, refused (never overwritten) when the reader cannot read it."""
+    from k3bundle.installer.yaml.subset import parse_yaml  # here: most hosts have no such file
+
     where = str(dest.path(target))
     try:
         return parse_yaml(data.decode("utf-8"), where)

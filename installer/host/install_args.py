@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 from k3bundle.installer.errors import UsageError
 from k3bundle.installer.host.plan import Options
 from k3bundle.installer.host.service import is_host_root
 from k3bundle.installer.host.upstream_env import settings, split_words
-from k3bundle.installer.yaml.subset import load_config_file
 
 DEFAULT_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
 
@@ -60,7 +59,7 @@ def install_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Opt
         role=args.role,
         server_url=args.server_url,
         cluster_init=args.cluster_init,
-        config=load_config_file(args.config) if args.config else None,
+        config=_config_file(args.config),
         node_labels=tuple(args.node_label),
         tls_sans=tuple(args.tls_san),
         node_name=args.node_name,
@@ -71,6 +70,15 @@ def install_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Opt
         wait=args.wait,
         environ=dict(environ),
     )
+
+
+def _config_file(path: Optional[str]) -> Optional[Mapping[str, Any]]:
+    """--config FILE, parsed; the YAML reader is imported only when one is given (start-up)."""
+    if not path:
+        return None
+    from k3bundle.installer.yaml.subset import load_config_file
+
+    return load_config_file(path)
 
 
 def _check_token_file(root: str, path: Optional[str], name: str) -> None:

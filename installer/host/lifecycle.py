@@ -6,8 +6,6 @@ import contextlib
 import os
 import posixpath
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -359,6 +357,9 @@ def _remove_tree(path: Path) -> None:
 def _run_killall(data_dir: str) -> None:
     # On a real host k3s's mounts and processes must go before its data; the killall script
     # (placed by the install, removed above) is regenerated to a temporary file for that.
+    import subprocess  # here: every install imports this module, and start-up is its cost
+    import tempfile
+
     with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as script:
         script.write(units.render_killall(data_dir))
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
@@ -16,6 +15,8 @@ Runner = Callable[[Sequence[str]], None]
 
 def run_command(command: Sequence[str]) -> None:
     """Run a host command; raise InstallError naming it and its last error line if it fails."""
+    import subprocess  # here: an install under --root runs no command (start-up time, cli.py)
+
     shown = " ".join(command)
     try:
         done = subprocess.run(list(command), capture_output=True, text=True, check=False)
