@@ -177,6 +177,26 @@ def settle(drop: bool) -> None:
             knob.write("3\n")
 
 
+def warm_tools() -> None:
+    """Read Python's and k3bundle's own files into the page cache (after `settle(True)`): the
+    state of a host whose disk is warm while the bundle comes from a cold USB stick."""
+    import sysconfig
+
+    folders = {
+        Path(sysconfig.get_paths()["stdlib"]),
+        REPO / ".venv",
+        REPO / "bundler",
+        REPO / "installer",
+    }
+    for folder in folders:
+        for path in folder.rglob("*"):
+            if path.suffix in (".py", ".pyc", ".so") and path.is_file():
+                with contextlib.suppress(OSError), open(path, "rb") as handle:
+                    while handle.read(1 << 20):
+                        pass
+    subprocess.run(k3bundle("--help"), capture_output=True, check=False)
+
+
 def k3bundle(*args: str) -> List[str]:
     """The argv of the `k3bundle` console script installed next to this Python."""
     script = Path(sys.executable).with_name("k3bundle")

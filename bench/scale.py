@@ -8,7 +8,9 @@ and times, each --runs times and each into fresh folders:
   build    k3bundle build ... --sign-key KEY with an empty --cache-dir (download + verify +
            write the signed bundle); the release and the cache are removed afterwards
   install  k3bundle install BUNDLE --pubkey KEY.pub --root FRESH --arch amd64 -q
-  inspect  k3bundle inspect BUNDLE, with the page cache warm, and dropped first (`cold`, as root)
+  inspect  k3bundle inspect BUNDLE, with the page cache warm; dropped first, then Python's and
+           k3bundle's own files read back (`medium`: the bundle on a cold USB stick, the host
+           warm); dropped first (`cold`: the host just booted too); the last two as root
 
 Nothing is dropped before build and install: at sizes beyond the RAM the kernel's writeback is
 part of the cost, as on a real host. Printed per size: seconds per GiB (median), the ratio to the
@@ -56,6 +58,7 @@ from bench._common import (  # noqa: E402
     serve,
     settle,
     verdict,
+    warm_tools,
     workdir,
     write_release,
 )
@@ -108,10 +111,12 @@ def bench_size(work: Path, size: int, runs: int, key: Path, pubkey: Path, cold: 
             f"[{human(size)}] install {index + 1}/{runs} {sample.seconds:.2f} s "
             f"(cpu {sample.cpu:.2f} s) {sample.rss_mib:.1f} MiB"
         )
-    for state in ("warm", "cold") if cold else ("warm",):
+    for state in ("warm", "medium", "cold") if cold else ("warm",):
         run_child(k3bundle("inspect", str(bundle)))  # untimed: code compiled and cached
         for _ in range(max(3, runs)):
-            settle(state == "cold")
+            settle(state != "warm")
+            if state == "medium":  # the bundle on a cold medium, the host's own files warm
+                warm_tools()
             row.samples.add(f"inspect-{state}", run_child(k3bundle("inspect", str(bundle))))
     shutil.rmtree(out, ignore_errors=True)
     return row
@@ -128,7 +133,7 @@ def report(rows: Sequence[Row], runs: int, floor: float, note: str) -> bool:
         f"{MAX_RSS['build']:.0f} MiB build, inspect < {MAX_INSPECT} s"
     )
     header = (
-        f"{'size':>5} {'what':12} {'s':>8} {'s/GiB':>7} {'vs base':>7} {'cpu s/GiB':>9} "
+        f"{'size':>5} {'what':14} {'s':>8} {'s/GiB':>7} {'vs base':>7} {'cpu s/GiB':>9} "
         f"{'RSS MiB':>8}  verdict"
     )
     print(header)
@@ -143,17 +148,17 @@ def report(rows: Sequence[Row], runs: int, floor: float, note: str) -> bool:
             line = verdict([("flat", abs(ratio - 1) <= FLAT), ("rss", rss <= MAX_RSS[what])])
             ok = ok and line == "PASS"
             print(
-                f"{human(row.size):>5} {what:12} {seconds:8.2f} {per:7.2f} {ratio:7.2f} "
+                f"{human(row.size):>5} {what:14} {seconds:8.2f} {per:7.2f} {ratio:7.2f} "
                 f"{row.samples.cpu(what) / gib:9.2f} {rss:8.1f}  {line}"
             )
-        for what in ("inspect-warm", "inspect-cold"):
+        for what in ("inspect-warm", "inspect-medium", "inspect-cold"):
             if what not in row.samples.runs:
                 continue
             seconds = row.samples.median(what)
             line = verdict([("time", seconds < MAX_INSPECT)])
             ok = ok and line == "PASS"
             print(
-                f"{human(row.size):>5} {what:12} {seconds:8.3f} {'':>7} {'':>7} {'':>9} "
+                f"{human(row.size):>5} {what:14} {seconds:8.3f} {'':>7} {'':>7} {'':>9} "
                 f"{row.samples.peak_rss(what):8.1f}  {line}"
             )
     print(
