@@ -313,7 +313,7 @@ class _TarStream:
     def __init__(self, out: IO[bytes]) -> None:
         self.out, self.offset = out, 0
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | memoryview) -> None:
         self.out.write(data)
         self.offset += len(data)
 
@@ -327,7 +327,7 @@ class _TarStream:
         info.uname = info.gname = ""
         self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
 
-    def data(self, data: bytes) -> None:
+    def data(self, data: bytes | memoryview) -> None:
         """Part of the current member's data."""
         self._write(data)
 
@@ -357,16 +357,17 @@ def _add_blob(tar: _TarStream, digest: str, source: Any, cache: Cache) -> None:
         tar.add_bytes(name, source)
         return
     check = hashlib.sha256()  # a cached blob may have rotted since it was verified
+    buffer = memoryview(bytearray(BLOB_READ))  # one buffer, not a new bytes object per read
     with open(source, "rb", buffering=0) as handle:
         left = os.fstat(handle.fileno()).st_size
         tar.header(name, left)
         while left:
-            data = handle.read(min(BLOB_READ, left))
-            if not data:
+            count = handle.readinto(buffer[: min(BLOB_READ, left)])
+            if not count:
                 break
-            check.update(data)
-            tar.data(data)
-            left -= len(data)
+            check.update(buffer[:count])
+            tar.data(buffer[:count])
+            left -= count
     tar.pad()
     if left or check.hexdigest() != source.name:
         evicted = cache.evict_rotted([source])
@@ -388,7 +389,7 @@ class _HashingWriter:
     def __init__(self, handle: IO[bytes], chunk: int = DEFAULT_CHUNK) -> None:
         self.handle, self.digest = handle, StreamDigest(chunk)
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         """Hash (whole and by slice), count and write."""
         self.digest.update(data)
         return self.handle.write(data)
