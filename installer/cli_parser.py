@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, List, Sequence
 
 from k3bundle.installer.errors import EXIT_CODES
 
@@ -253,3 +253,18 @@ def _config_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="create agent/images/.cache.json so k3s skips re-importing unchanged archives",
     )
+
+
+def join_exec(argv: Sequence[str]) -> List[str]:
+    """`--exec VALUE` as `--exec=VALUE`: argparse refuses a VALUE that begins with '-' (it takes
+    it for an option: "expected one argument"), and k3s arguments always do."""
+    out: List[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "--":  # the rest are positional words, never options
+            out.append(word)
+            out.extend(words)
+            break
+        following = next(words, None) if word == "--exec" else None
+        out.append(word if following is None else f"--exec={following}")
+    return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional
 
 from k3bundle.installer.errors import UsageError
 from k3bundle.installer.host.plan import Options
@@ -16,21 +16,6 @@ from k3bundle.installer.host.service import is_host_root
 from k3bundle.installer.host.upstream_env import settings, split_words
 
 DEFAULT_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
-
-
-def join_exec(argv: Sequence[str]) -> List[str]:
-    """`--exec VALUE` as `--exec=VALUE`: argparse refuses a VALUE that begins with '-' (it takes
-    it for an option: "expected one argument"), and k3s arguments always do."""
-    out: List[str] = []
-    words = iter(argv)
-    for word in words:
-        if word == "--":  # the rest are positional words, never options
-            out.append(word)
-            out.extend(words)
-            break
-        following = next(words, None) if word == "--exec" else None
-        out.append(word if following is None else f"--exec={following}")
-    return out
 
 
 def install_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Options:

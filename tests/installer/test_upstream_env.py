@@ -10,10 +10,10 @@ from typing import Dict, List
 
 import pytest
 
-from k3bundle.installer.cli_parser import build_parser
+from k3bundle.installer.cli_parser import build_parser, join_exec
 from k3bundle.installer.errors import UsageError
 from k3bundle.installer.host import install as install_module
-from k3bundle.installer.host.install_args import install_options, join_exec
+from k3bundle.installer.host.install_args import install_options
 from k3bundle.installer.host.plan import Options
 from k3bundle.installer.host.service import XTABLES_CLEANUP
 from k3bundle.installer.progress import Progress
