@@ -116,10 +116,11 @@ class PartWriter:
             tmp_name(self.target.with_name(name)).unlink(missing_ok=True)
 
 
-def tar_header(name: str, size: int, mode: int, mtime: int) -> bytes:
-    """A member's pax header block(s): uid/gid 0, no user names, the given mode and mtime."""
+def tar_header(name: str, size: int, mode: int, mtime: int, kind: bytes = tarfile.REGTYPE) -> bytes:
+    """A member's pax header block(s): uid/gid 0, no user names, the given mode, mtime and
+    type (a regular file unless `kind` says)."""
     info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = size, mode, mtime
+    info.size, info.mode, info.mtime, info.type = size, mode, mtime, kind
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     blocks = bytearray(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict"))
@@ -162,7 +163,13 @@ def write_small_member(sink: PartWriter, name: str, blob: bytes, mtime: int) -> 
     sink.write(tar_header(name, len(blob), 0o644, mtime) + blob + padding(len(blob)))
 
 
-def write_end(sink: PartWriter) -> None:
-    """Append the end-of-archive blocks, padded to a whole 10 KiB record as tar does."""
+def end_of_archive(total: int) -> bytes:
+    """The end-of-archive blocks after `total` bytes, padded to a whole 10 KiB record as tar
+    does."""
     end = 2 * BLOCK
-    sink.write(b"\0" * (end + (-(sink.total + end) % RECORD)))
+    return b"\0" * (end + (-(total + end) % RECORD))
+
+
+def write_end(sink: PartWriter) -> None:
+    """Append the end-of-archive blocks (end_of_archive)."""
+    sink.write(end_of_archive(sink.total))

@@ -25,6 +25,7 @@ from k3bundle.bundler.oci.reference import Reference
 from k3bundle.bundler.oci.registry import Fetched, RegistryClient
 from k3bundle.bundler.stream_digest import READ as BLOB_READ
 from k3bundle.bundler.stream_digest import StreamDigest
+from k3bundle.bundler.tarwrite import end_of_archive, padding, tar_header
 from k3bundle.installer.errors import FetchError, IntegrityError
 from k3bundle.installer.format import DEFAULT_CHUNK, Chunks, load_json
 
@@ -305,10 +306,11 @@ def _unique_blobs(images: Sequence[PulledImage], cache: Cache) -> Dict[str, Any]
 
 
 class _TarStream:
-    """An uncompressed PAX tar written front to back, byte for byte what tarfile's "w|" mode
-    writes for the same members (its headers, NUL padding to 512 bytes, two end blocks, the
-    10 KiB record), but a blob's data goes through in 1 MiB writes, not tarfile's 10 KiB ones:
-    the writes are what the archive's hashing and compression see."""
+    """An uncompressed PAX tar written front to back with the bundle writer's own pieces
+    (tarwrite: headers, padding, the end of the archive), so it is byte for byte what tarfile's
+    "w|" mode wrote for the same members on Python 3.9+; a blob's data goes through in 1 MiB
+    writes, not tarfile's 10 KiB ones: the writes are what the archive's hashing and
+    compression see."""
 
     def __init__(self, out: IO[bytes]) -> None:
         self.out, self.offset = out, 0
@@ -321,11 +323,7 @@ class _TarStream:
         self, name: str, size: int, mode: int = 0o644, kind: bytes = tarfile.REGTYPE
     ) -> None:
         """One member's header block(s): uid/gid 0, no user names, mtime 0."""
-        info = tarfile.TarInfo(name)
-        info.size, info.mode, info.mtime, info.type = size, mode, 0, kind
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        self._write(tar_header(name, size, mode, 0, kind))
 
     def data(self, data: bytes | memoryview) -> None:
         """Part of the current member's data."""
@@ -333,7 +331,7 @@ class _TarStream:
 
     def pad(self) -> None:
         """NULs up to the next 512-byte block, after a member's data."""
-        self._write(b"\0" * (-self.offset % tarfile.BLOCKSIZE))
+        self._write(padding(self.offset))
 
     def add_bytes(self, name: str, data: bytes) -> None:
         """A regular file member holding `data`."""
@@ -346,9 +344,8 @@ class _TarStream:
         self.header(name, 0, 0o755, tarfile.DIRTYPE)
 
     def close(self) -> None:
-        """The two end blocks, then NULs to a whole record, as tarfile's close writes them."""
-        self._write(b"\0" * (2 * tarfile.BLOCKSIZE))
-        self._write(b"\0" * (-self.offset % tarfile.RECORDSIZE))
+        """The end of the archive, as tarfile's close writes it."""
+        self._write(end_of_archive(self.offset))
 
 
 def _add_blob(tar: _TarStream, digest: str, source: Any, cache: Cache) -> None:
