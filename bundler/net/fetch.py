@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Set, TypeVar
+from typing import Callable, Collection, Dict, Optional, Sequence, TypeVar
 
 import requests
 
@@ -103,9 +103,14 @@ class Fetcher:
         self._session_factory = session_factory
         self._sleep = sleep or self.cancel.sleep  # a backoff ends at once on Ctrl-C
         self.tally = Tally()
-        self.downloaded: Set[str] = set()  # sha256s fetched (and verified) by this run
-        # Chunk digests of those files, taken in the download's own hashing pass.
+        # Every file this run fetched (and verified), by sha256: its chunk digests, taken in
+        # the download's own hashing pass (None up to one chunk).
         self.chunks: Dict[str, Optional[Chunks]] = {}
+
+    @property
+    def downloaded(self) -> Collection[str]:
+        """The sha256s this run fetched (and verified)."""
+        return self.chunks.keys()
 
     @property
     def transferred(self) -> int:
@@ -262,11 +267,5 @@ class Fetcher:
             )
         path = self.cache.admit(partial, download.sha256)
         self.chunks[download.sha256] = digest.chunks()
-        self.downloaded.add(download.sha256)
         self.events.finished(download, cached=False)
         return path
-
-
-def hash_prefix(path: Path, size: int) -> StreamDigest:
-    """The sha256 (no chunk digests) of the first `size` bytes of `path`, to resume a blob."""
-    return digest_prefix(path, size, chunk=None)

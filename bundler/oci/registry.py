@@ -22,7 +22,6 @@ from k3bundle.bundler.cache import Cache
 from k3bundle.bundler.net.fetch import (
     Download,
     NotFoundError,
-    hash_prefix,
 )
 from k3bundle.bundler.net.limits import (
     MAX_MANIFEST,
@@ -36,6 +35,7 @@ from k3bundle.bundler.net.transport import (
 from k3bundle.bundler.oci.mirrors import mirror_error, wire_reference
 from k3bundle.bundler.oci.reference import Reference
 from k3bundle.bundler.oci.registry_session import RegistrySession, RetryLater, T
+from k3bundle.bundler.stream_digest import digest_prefix
 from k3bundle.installer.errors import FetchError, IntegrityError, K3BundleError
 from k3bundle.installer.format import load_json
 
@@ -177,7 +177,7 @@ class RegistryClient(RegistrySession):
     def _stream(
         self, download: Download, response: requests.Response, partial: Path, offset: int
     ) -> Tuple[str, int]:
-        digest, size = hash_prefix(partial, offset), download.max_size
+        digest, size = digest_prefix(partial, offset, chunk=None), download.max_size  # sha256 only
         self.events.started(download, size, offset)
 
         def received(count: int) -> None:
