@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -38,7 +39,7 @@ from k3bundle.bundler.writer import (
     stage_bundle,
     writer_code_sha256,
 )
-from k3bundle.bundler.zipapp import write_zipapp
+from k3bundle.bundler.zipapp import ZipappWriter
 from k3bundle.installer.errors import IntegrityError, build_error
 from k3bundle.installer.format import PARTS_SUFFIX, Manifest, check_arch, sha256_file
 from k3bundle.installer.progress import Progress
@@ -99,6 +100,7 @@ def build(
     cache = Cache(settings.cache_dir)
     fetcher = Fetcher(cache, settings.fetch, events)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=cache.root))
+    zipapp = ZipappWriter(work / INSTALLER_NAME)
     try:
         ctx = BuildContext(
             settings, cache, fetcher, work, progress or Progress(), warn, signer, images
@@ -108,8 +110,10 @@ def build(
         produced = produce(ctx, PRODUCERS)
         if settings.since is not None:  # every producer's entries known, nothing written yet
             produced = since.apply(ctx, produced)
-        return _finish(ctx, resolved, produced)
+        return _finish(ctx, resolved, produced, zipapp)
     finally:
+        with contextlib.suppress(Exception):  # its error matters only to _finish
+            zipapp.result()  # nothing writes into `work` once it is removed
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -180,7 +184,9 @@ class _Runner:
         return self.value
 
 
-def _finish(ctx: BuildContext, resolved: release.Resolved, produced: Produced) -> BuildResult:
+def _finish(
+    ctx: BuildContext, resolved: release.Resolved, produced: Produced, zipapp: ZipappWriter
+) -> BuildResult:
     settings, signer = ctx.settings, ctx.signer
     install = {k: v for k, v in settings.install.items() if v}
     manifest = Manifest(
@@ -193,7 +199,7 @@ def _finish(ctx: BuildContext, resolved: release.Resolved, produced: Produced) -
     output = settings.output
     output.mkdir(parents=True, exist_ok=True)
     target = output / f"{settings.name or default_name(resolved.version, settings.arches)}.tar"
-    installer = write_zipapp(ctx.work / INSTALLER_NAME)
+    installer = zipapp.result()
     installer_sha256 = sha256_file(installer)
     digest = uptodate.recipe(
         # Chunk digests follow from the bytes, and a download takes them while a cached file

@@ -4,12 +4,14 @@ package importable, and behaves exactly like `k3bundle install|verify|inspect`."
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
@@ -240,6 +242,56 @@ def test_zipapp_is_reproducible(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         digests.append(sha256_of(target))
     assert digests[0] == digests[1]
+
+
+def _module_file(pyz: Path, python: str = sys.executable) -> str:
+    """The __file__ of the installer's CLI module as `python -I` imports it from `pyz`."""
+    code = f"import sys; sys.path.insert(0, {str(pyz)!r}); import k3bundle.installer.cli as m"
+    code += "; print(m.__file__)"
+    done = run([python, "-I", "-c", code])
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_the_zipapp_carries_bytecode_this_python_loads_without_compiling(pyz: Path) -> None:
+    with zipfile.ZipFile(pyz) as archive:
+        names = set(archive.namelist())
+        sources = {n for n in names if n.startswith("k3bundle/installer/") and n.endswith(".py")}
+        pyc = archive.read("k3bundle/installer/cli.pyc")
+    assert sources and {f"{n[:-3]}.pyc" for n in sources} <= names
+    assert pyc[:4] == importlib.util.MAGIC_NUMBER
+    assert int.from_bytes(pyc[4:8], "little") == 0b11  # hash-based, checked against the source
+    assert _module_file(pyz).endswith("k3bundle/installer/cli.pyc")  # not compiled from the .py
+
+
+def test_bytecode_of_another_python_is_passed_over_for_the_sources(
+    pyz: Path, tmp_path: Path, bundle: Path
+) -> None:
+    foreign = tmp_path / "foreign.pyz"
+    with zipfile.ZipFile(pyz) as source, zipfile.ZipFile(foreign, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith(".pyc"):  # a magic number no Python has
+                data = b"\x00\x00\r\n" + data[4:]
+            target.writestr(info, data)
+    assert _module_file(foreign).endswith("k3bundle/installer/cli.py")
+    done = run([sys.executable, "-I", str(foreign), "inspect", str(bundle)])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == run([sys.executable, "-I", str(pyz), "inspect", str(bundle)]).stdout
+
+
+def test_a_build_with_no_python_to_compile_writes_the_sources_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from k3bundle.bundler import zipapp
+
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    target = zipapp.write_zipapp(tmp_path / "k3bundle-install.pyz")
+    with zipfile.ZipFile(target) as archive:
+        assert not [n for n in archive.namelist() if n.endswith(".pyc")]
+    monkeypatch.undo()
+    done = run([sys.executable, "-I", str(target), "--version"])
+    assert done.returncode == 0 and "k3bundle" in done.stdout, done.stderr
 
 
 def _vermin() -> str:
