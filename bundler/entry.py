@@ -20,6 +20,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Any:
     """Run `k3bundle ARGS`."""
     args = list(sys.argv[1:] if argv is None else argv)
     if _is_host_command(args):
+        from k3bundle.installer import readahead
+
+        readahead.start(args)  # the stick reads while the installer is imported
         from k3bundle.installer import cli as installer_cli
 
         sys.exit(installer_cli.main(args, prog="k3bundle", progress_factory=_tqdm_progress))

@@ -26,6 +26,8 @@ SHEBANG = b"#!/usr/bin/env python3\n"
 MAIN = (
     '"""k3bundle standalone installer: python3 k3bundle-install.pyz install|verify|inspect ..."""\n'
     "import sys\n\n"
+    "from k3bundle.installer import readahead\n\n"
+    "readahead.start(sys.argv[1:])  # the stick reads while the installer is imported\n"
     "from k3bundle.installer.cli import main\n\n"
     'sys.exit(main(prog="k3bundle-install.pyz"))\n'
 )

@@ -1,0 +1,123 @@
+"""Read-ahead of the bundle a host command names (installer/readahead.py): the kernel starts
+reading it from its medium while Python imports the installer. Measured with util-linux's
+`fincore` (how much of a file is in the page cache), after evicting the file's pages."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from k3bundle.installer import readahead
+from tests.helpers import build_zipapp, make_bundle, run_k3bundle
+
+MIB = 1 << 20
+
+
+def resident(path: Path) -> int:
+    """Bytes of `path` in the page cache."""
+    done = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout.strip() or 0)
+
+
+def evicted(path: Path) -> Path:
+    """`path` with none of its pages in the page cache (written back first)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert resident(path) == 0, f"the page cache kept {path}: cannot measure read-ahead here"
+    return path
+
+
+def settled(path: Path, at_least: int, seconds: float = 5.0) -> int:
+    """The bytes of `path` in the page cache once at least `at_least` are (`seconds` at most)."""
+    deadline = time.monotonic() + seconds
+    while resident(path) < at_least and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return resident(path)
+
+
+def test_the_first_ahead_bytes_of_a_named_file_are_read_not_the_whole_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(readahead, "AHEAD", 8 * MIB)
+    bundle = tmp_path / "bundle.tar"
+    bundle.write_bytes(os.urandom(64 * MIB))
+    evicted(bundle)
+    thread = readahead.start(["install", str(bundle), "--root", str(tmp_path), "--arch", "amd64"])
+    assert thread is not None
+    thread.join(5)
+    # and no more than the kernel's own read-ahead after it: the rest stays on the medium
+    assert 8 * MIB <= settled(bundle, 8 * MIB) <= 32 * MIB
+
+
+def test_only_the_commands_that_read_a_bundle_read_ahead(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle.tar"
+    bundle.write_bytes(b"x" * 4096)
+    for argv in (["status"], ["rollback", str(bundle)], [], ["--version"], ["uninstall"]):
+        assert readahead.start(argv) is None, argv
+    for argv in (
+        ["verify", str(bundle)],
+        ["-v", "inspect", str(bundle)],
+        ["install", str(bundle), "-q"],
+    ):
+        thread = readahead.start(argv)
+        assert thread is not None, argv
+        thread.join(5)
+
+
+def test_a_fifo_a_device_a_folder_or_a_missing_path_is_passed_over(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    names = [str(fifo), "/dev/null", str(tmp_path), str(tmp_path / "missing"), "\0bad"]
+    worker = threading.Thread(target=readahead.advise, args=(names,), daemon=True)
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive(), "advise hung on a name"
+    with pytest.raises(OSError) as raised:  # no reader holds the FIFO open: it was never opened
+        os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    assert raised.value.errno == errno.ENXIO
+
+
+@pytest.fixture(scope="module")
+def large_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 40 MiB bundle: larger than the kernel's own read-ahead, smaller than AHEAD."""
+    folder = tmp_path_factory.mktemp("large")
+    bundle = make_bundle(folder, arches=("amd64",), image_size=40 * MIB, image_format="tar")
+    path = bundle.files[0]
+    assert 32 * MIB < path.stat().st_size < readahead.AHEAD
+    return path
+
+
+def test_inspect_from_the_command_line_reads_the_bundle_ahead(large_bundle: Path) -> None:
+    size = large_bundle.stat().st_size
+    # without read-ahead, inspect reads the manifest and what the kernel reads after it (< 1 MiB)
+    code = "import sys; from k3bundle.installer.cli import main; sys.exit(main(sys.argv[1:]))"
+    command = [sys.executable, "-c", code, "inspect", str(evicted(large_bundle))]
+    assert subprocess.run(command, capture_output=True, check=False).returncode == 0
+    assert settled(large_bundle, size, seconds=0.5) < 8 * MIB
+    done = run_k3bundle("inspect", str(evicted(large_bundle)))
+    assert done.returncode == 0, done.stderr
+    # the thread reads until the process exits (here all 40 MiB; a slow disk may stop it sooner)
+    assert settled(large_bundle, size) >= 16 * MIB
+
+
+def test_the_zipapp_reads_the_bundle_ahead(large_bundle: Path, tmp_path: Path) -> None:
+    pyz = build_zipapp(tmp_path)
+    command = [sys.executable, "-I", str(pyz), "inspect", str(evicted(large_bundle))]
+    assert subprocess.run(command, capture_output=True, check=False).returncode == 0
+    assert settled(large_bundle, large_bundle.stat().st_size) >= 16 * MIB
