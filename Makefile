@@ -14,12 +14,13 @@ PACKAGES  := $(foreach p,bundler installer manifests,$(if $(wildcard $(p)/__init
 # registry), skopeo + umoci (test images built in the run), containerd + runc (ctr images
 # import), apache2-utils (htpasswd), curl, python3-venv (for Debian's own python3), strace (kills
 # the installer at exact system calls in the crash tests), util-linux (unshare --net), e2fsprogs
-# (chattr, for a read-only /usr/local/bin), debootstrap + systemd-container (the real systemd
-# hosts of tests/hosts: a Debian rootfs booted with systemd-nspawn), openssh-client + iproute2
+# (chattr, for a read-only /usr/local/bin), util-linux-extra (fincore: how much of a bundle the
+# installer's read-ahead brought into the page cache), debootstrap + systemd-container (the real
+# systemd hosts of tests/hosts: a Debian rootfs booted with systemd-nspawn), openssh-client + iproute2
 # (tests/fleet: Ansible reaches those hosts over ssh on a bridge in a network namespace).
 APT_PACKAGES := openssl systemd shellcheck zstd tar docker-registry skopeo umoci containerd runc \
-	apache2-utils curl python3-venv strace util-linux e2fsprogs debootstrap systemd-container \
-	openssh-client iproute2
+	apache2-utils curl python3-venv strace util-linux util-linux-extra e2fsprogs debootstrap \
+	systemd-container openssh-client iproute2
 
 .PHONY: install deps test test-hosts test-fleet fuzz lint bench clean typecheck-tree demo
 
