@@ -7,7 +7,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import (
 )
 
 from k3bundle.bundler import since, uptodate
+from k3bundle.bundler.background import Background
 from k3bundle.bundler.cache import Cache
 from k3bundle.bundler.keys import Prompt, load_signer
 from k3bundle.bundler.net.fetch import Fetcher, FetchEvents
@@ -39,7 +39,7 @@ from k3bundle.bundler.writer import (
     stage_bundle,
     writer_code_sha256,
 )
-from k3bundle.bundler.zipapp import ZipappWriter
+from k3bundle.bundler.zipapp import write_zipapp
 from k3bundle.installer.errors import IntegrityError, build_error
 from k3bundle.installer.format import PARTS_SUFFIX, Manifest, check_arch, sha256_file
 from k3bundle.installer.progress import Progress
@@ -100,7 +100,8 @@ def build(
     cache = Cache(settings.cache_dir)
     fetcher = Fetcher(cache, settings.fetch, events)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=cache.root))
-    zipapp = ZipappWriter(work / INSTALLER_NAME)
+    # compiled while the release is resolved and fetched, not after
+    zipapp = Background(lambda: write_zipapp(work / INSTALLER_NAME), "k3bundle-zipapp")
     try:
         ctx = BuildContext(
             settings, cache, fetcher, work, progress or Progress(), warn, signer, images
@@ -135,13 +136,13 @@ def produce(
         needs = list(runners) if wanted is None else [r for r in runners if r.producer in wanted]
         runners.append(_Runner(ctx, producer, needs))
     try:
-        parts = [runner.result() for runner in runners]
+        parts = [runner.job.result() for runner in runners]
     except BaseException as exc:
         ctx.fetcher.cancel.set()
         deadline = time.monotonic() + GRACE
         for runner in runners:
-            runner.thread.join(max(0.0, deadline - time.monotonic()))
-        cause = next((r.error for r in runners if r.failed()), None)
+            runner.job.thread.join(max(0.0, deadline - time.monotonic()))
+        cause = next((r.job.error for r in runners if r.failed()), None)
         if cause is not None and cause is not exc:
             raise cause from None  # what went wrong first, not the cancel it caused here
         raise
@@ -154,38 +155,23 @@ class _Runner:
 
     def __init__(self, ctx: BuildContext, producer: Producer, needs: Sequence[_Runner]) -> None:
         self.producer, self.needs = producer, tuple(needs)
-        self.value: Optional[Produced] = None
-        self.error: Optional[BaseException] = None
-        self.thread = threading.Thread(target=self._run, args=(ctx,), daemon=True)
-        self.thread.start()
+        self.job = Background(lambda: self._produce(ctx), failed=lambda _: ctx.fetcher.cancel.set())
 
-    def _run(self, ctx: BuildContext) -> None:
-        try:
-            for need in self.needs:
-                need.thread.join()
-                if need.error is not None:
-                    raise Cancelled()  # it failed: its error is the one raised
-            earlier = combined([need.value for need in self.needs if need.value is not None])
-            self.value = self.producer(ctx, earlier)
-        except BaseException as exc:  # handed to the main thread, which raises it
-            self.error = exc
-            ctx.fetcher.cancel.set()
+    def _produce(self, ctx: BuildContext) -> Produced:
+        for need in self.needs:
+            need.job.thread.join()
+            if need.job.error is not None:
+                raise Cancelled()  # it failed: its error is the one raised
+        earlier = combined([need.job.value for need in self.needs if need.job.value is not None])
+        return self.producer(ctx, earlier)
 
     def failed(self) -> bool:
         """Whether it stopped with an error of its own (not the cancel another one caused)."""
-        return self.error is not None and not isinstance(self.error, Cancelled)
-
-    def result(self) -> Produced:
-        """Wait for it (Ctrl-C still arrives); its result, or its error raised here."""
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        assert self.value is not None
-        return self.value
+        return self.job.error is not None and not isinstance(self.job.error, Cancelled)
 
 
 def _finish(
-    ctx: BuildContext, resolved: release.Resolved, produced: Produced, zipapp: ZipappWriter
+    ctx: BuildContext, resolved: release.Resolved, produced: Produced, zipapp: Background[Path]
 ) -> BuildResult:
     settings, signer = ctx.settings, ctx.signer
     install = {k: v for k, v in settings.install.items() if v}

@@ -14,10 +14,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import zipfile
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import k3bundle.installer
 from k3bundle.installer.errors import build_error
@@ -69,33 +68,6 @@ def write_zipapp(target: Path) -> Path:
         return _write(target)
     except OSError as exc:  # name -o, not the temporary file next to it
         raise build_error(exc, "write", target) from None
-
-
-class ZipappWriter:
-    """write_zipapp on a thread of its own, started at once: a build compiles the installer's
-    bytecode while it resolves and fetches, not after."""
-
-    def __init__(self, target: Path) -> None:
-        self._written: Optional[Path] = None
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(
-            target=self._run, args=(target,), name="k3bundle-zipapp", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self, target: Path) -> None:
-        try:
-            self._written = write_zipapp(target)
-        except BaseException as exc:  # raised where the build asks for the result
-            self._error = exc
-
-    def result(self) -> Path:
-        """The written zipapp (waiting for it); its error, if writing it failed."""
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._written is not None
-        return self._written
 
 
 def _write(target: Path) -> Path:
