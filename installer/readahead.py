@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence
 
 AHEAD = 64 << 20  # more than a stick reads while Python starts
 STEP = 2 << 20
-COMMANDS = ("install", "verify", "inspect")  # the ones that read a whole bundle
+COMMANDS = ("install", "verify")  # the ones that read a whole bundle (inspect: its manifest)
 _PROBE = 4096
 
 
