@@ -17,21 +17,22 @@ from k3bundle.bundler.cache import default_cache_dir
 from k3bundle.bundler.memory import one_arena
 from k3bundle.bundler.net.fetch import FetchEvents, FetchSettings
 from k3bundle.bundler.net.transport import Interrupted
-from k3bundle.bundler.oci.credentials import parse_registry_auth, read_auth_file
-from k3bundle.bundler.oci.mirrors import parse_mirror_flags
+from k3bundle.bundler.network_cli import (
+    environment_variables,
+    network_options,
+    registries_from,
+    site_config,
+)
 from k3bundle.bundler.payloads import release
 from k3bundle.bundler.payloads.charts import ChartSpec, chart_from_spec, parse_chart_flag
-from k3bundle.bundler.payloads.extras import RegistryOptions
 from k3bundle.bundler.payloads.image_list import read_images_files
 from k3bundle.bundler.progress import TqdmProgress
-from k3bundle.bundler.site_config import SiteConfig, default_path, load_site_config
+from k3bundle.bundler.site_config import SiteConfig
 from k3bundle.bundler.spec import Spec, load_spec
 from k3bundle.bundler.terminal import prompt_secret, verbose_option
 from k3bundle.bundler.writer import parse_size
 from k3bundle.installer.format import ARCHES, arch_from_machine
 from k3bundle.installer.progress import Progress, human_size
-
-SITE_CONFIG = "k3bundle.site_config"
 
 
 @click.command("build")
@@ -142,45 +143,7 @@ SITE_CONFIG = "k3bundle.site_config"
     help="auto: also bundle the images each chart deploys (Chart.yaml's artifacthub.io/images, "
     "values.yaml, helm template when helm is on PATH; see k3bundle images) [default: auto].",
 )
-@click.option(
-    "--registry-auth",
-    multiple=True,
-    metavar="HOST=USER:PASSWORD",
-    help="Registry credentials (repeatable; visible in ps: prefer --registry-auth-file). "
-    "Default: docker/podman logins (credential helpers included).",
-)
-@click.option(
-    "--registry-auth-file",
-    metavar="FILE|-",
-    help="HOST=USER:PASSWORD lines from FILE, or from stdin with '-'.",
-)
-@click.option(
-    "--insecure-registry",
-    multiple=True,
-    metavar="HOST",
-    help="Talk plain HTTP to this registry (repeatable), e.g. 127.0.0.1:5000.",
-)
-@click.option(
-    "--registry-mirror",
-    multiple=True,
-    metavar="SOURCE=MIRROR",
-    help="Pull SOURCE's images from MIRROR (HOST[:PORT][/PATH], repeatable), "
-    "e.g. docker.io=mirror.local:5000; the bundle keeps the SOURCE names.",
-)
-@click.option(
-    "--ca-file",
-    type=click.Path(exists=True, path_type=Path),
-    envvar=["K3BUNDLE_CA_FILE", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"],
-    help="CA bundle (PEM) for https: release server and registries [default: certifi's].",
-)
-@click.option(
-    "--config-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    is_eager=True,
-    expose_value=False,
-    callback=lambda ctx, _param, value: _load_site_config(ctx, value),
-    help=f"Site config [default: {default_path()}].",
-)
+@network_options
 @click.option(
     "--since",
     "since",
@@ -210,8 +173,7 @@ def build_command(spec_file: Optional[Path], **flags: Any) -> None:
     """
     verbose = terminal.verbose(flags["verbose"])  # `k3bundle -v build` means `build -v`
     spec = load_spec(spec_file) if spec_file else Spec()
-    site: SiteConfig = click.get_current_context().meta.get(SITE_CONFIG, SiteConfig())
-    settings = settings_from(spec, flags, site)
+    settings = settings_from(spec, flags, site_config())
     on_tty = sys.stderr.isatty() and not flags["quiet"]
     events = fetch_events(on_tty, verbose, flags["quiet"])
     progress: Progress = TqdmProgress() if on_tty else Progress()
@@ -241,13 +203,6 @@ def fetch_events(on_tty: bool, verbose: bool, quiet: bool) -> FetchEvents:
 
 def _warn(message: str) -> None:
     click.echo(f"Warning: {message}", err=True)
-
-
-def _load_site_config(ctx: click.Context, path: Optional[Path]) -> None:
-    """Read the site config first (an eager option), so its values become flag defaults."""
-    site = load_site_config(path)
-    ctx.meta[SITE_CONFIG] = site
-    ctx.default_map = {**site.defaults, **(ctx.default_map or {})}
 
 
 def settings_from(
@@ -284,7 +239,7 @@ def settings_from(
         images=_images(spec, flags),
         charts=_charts(spec, flags["chart"]),
         chart_images=flags.get("chart_images") or spec.chart_images or "auto",
-        registries=_registries(spec, flags, site or SiteConfig()),
+        registries=registries_from(flags, site or SiteConfig(), spec.mirrors),
         force=flags["force"],
         since=flags.get("since"),
     )
@@ -297,29 +252,7 @@ def _images(spec: Spec, flags: Dict[str, Any]) -> Tuple[str, ...]:
     return tuple(dict.fromkeys([*spec.images, *listed, *flags["image"]]))
 
 
-def _registries(spec: Spec, flags: Dict[str, Any], site: SiteConfig) -> RegistryOptions:
-    from_file = read_auth_file(flags["registry_auth_file"]) if flags["registry_auth_file"] else {}
-    auth = {**site.auth, **from_file, **parse_registry_auth(flags["registry_auth"])}
-    mirrors = {**spec.mirrors, **site.mirrors, **parse_mirror_flags(flags["registry_mirror"])}
-    return RegistryOptions(
-        insecure=(*site.insecure, *flags["insecure_registry"]),
-        auth=auth,
-        mirrors=mirrors,
-        ca_files=site.ca_files,
-    )
-
-
-def _environment_variables(command: click.Command) -> None:
-    """Every build option also as K3BUNDLE_<LONG_NAME> (--sign-key: K3BUNDLE_SIGN_KEY)."""
-    for param in command.params:
-        if isinstance(param, click.Option):
-            if param.envvar is None:
-                long_name = max(param.opts, key=len).lstrip("-")
-                param.envvar = f"K3BUNDLE_{long_name.upper().replace('-', '_')}"
-            param.show_envvar = True
-
-
-_environment_variables(build_command)
+environment_variables(build_command)
 
 
 def _charts(spec: Spec, flags: Sequence[str]) -> Tuple[ChartSpec, ...]:

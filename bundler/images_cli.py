@@ -14,7 +14,12 @@ from k3bundle.bundler.build_events import LogFetchEvents
 from k3bundle.bundler.cache import Cache, default_cache_dir
 from k3bundle.bundler.net.fetch import Fetcher
 from k3bundle.bundler.net.transport import FetchSettings
-from k3bundle.bundler.oci.registry import RegistryClient
+from k3bundle.bundler.network_cli import (
+    environment_variables,
+    network_options,
+    registries_from,
+    site_config,
+)
 from k3bundle.bundler.payloads.chart_images import ChartImages
 from k3bundle.bundler.payloads.chart_refs import discover
 from k3bundle.bundler.payloads.charts import (
@@ -25,7 +30,8 @@ from k3bundle.bundler.payloads.charts import (
     fetch_chart,
     parse_chart_flag,
 )
-from k3bundle.bundler.spec import load_spec
+from k3bundle.bundler.payloads.context import registry_client
+from k3bundle.bundler.spec import Spec, load_spec
 from k3bundle.bundler.terminal import verbose_option
 from k3bundle.installer.errors import UsageError
 
@@ -59,17 +65,7 @@ from k3bundle.installer.errors import UsageError
     help="Download cache [default: the OS cache folder].",
 )
 @click.option("--offline", is_flag=True, help="Use only the cache; never touch the network.")
-@click.option(
-    "--insecure-registry",
-    multiple=True,
-    metavar="HOST[:PORT]",
-    help="Talk plain HTTP to this registry (repeatable).",
-)
-@click.option(
-    "--ca-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="CA bundle for TLS to chart repositories and registries.",
-)
+@network_options
 @verbose_option
 def images_command(
     charts: Sequence[str],
@@ -79,9 +75,8 @@ def images_command(
     as_json: bool,
     cache_dir: Optional[Path],
     offline: bool,
-    insecure_registry: Sequence[str],
-    ca_file: Optional[Path],
     verbose: bool,
+    **network: Any,
 ) -> None:
     """List the images that charts deploy (what `build --chart-images auto` adds).
 
@@ -96,14 +91,16 @@ def images_command(
       k3bundle images -f manifests/my-site.yaml --json
     """
     terminal.verbose(verbose)
-    specs = _specs(charts, values_file, spec_file)
+    spec = load_spec(spec_file) if spec_file else None
+    specs = _specs(charts, values_file, spec)
+    ca_file = network["ca_file"]
     settings = FetchSettings(offline=offline, ca_file=str(ca_file) if ca_file else None, jitter=0.5)
     events = LogFetchEvents(verbose)  # stdout stays the listing's
     cache = Cache(cache_dir or default_cache_dir())
     fetcher = Fetcher(cache, settings, events)
-    client = RegistryClient(
-        settings, insecure=tuple(insecure_registry), events=events, tally=fetcher.tally
-    )
+    # the build's own registry settings: what `build` would reach a chart with, this reaches it
+    registries = registries_from(network, site_config(), spec.mirrors if spec else {})
+    client = registry_client(registries, fetcher)
     fetched = [fetch_chart(spec, fetcher, client, cache) for spec in specs]
     warnings: List[str] = []
     helm = None if no_helm else "helm"
@@ -118,14 +115,13 @@ def images_command(
 
 
 def _specs(
-    charts: Sequence[str], values_file: Optional[Path], spec_file: Optional[Path]
+    charts: Sequence[str], values_file: Optional[Path], spec: Optional[Spec]
 ) -> List[ChartSpec]:
     from_flags = [parse_chart_flag(text) for text in charts]
     if values_file is not None:
         from_flags = [dataclasses.replace(s, values_file=values_file.resolve()) for s in from_flags]
     from_spec: List[ChartSpec] = []
-    if spec_file is not None:
-        spec = load_spec(spec_file)
+    if spec is not None:
         from_spec = [chart_from_spec(item, spec.base_dir) for item in spec.charts]
     specs = [*from_spec, *from_flags]
     if not specs:
@@ -165,3 +161,6 @@ def _table(fetched: Sequence[FetchedChart], found: Mapping[str, ChartImages]) ->
     if unresolved:
         lines += ["", "Not resolved (add with --image when the chart needs them):", *unresolved]
     return lines
+
+
+environment_variables(images_command)

@@ -73,17 +73,21 @@ class BuildContext:
 
     def registry_client(self) -> RegistryClient:
         """A registry client sharing the fetcher's events, byte tally and Ctrl-C."""
-        registries = self.settings.registries
-        return RegistryClient(
-            self.fetcher.settings,
-            insecure=registries.insecure,
-            auth=registries.auth,
-            mirrors=registries.mirrors,
-            ca_files=registries.ca_files,
-            events=self.fetcher.events,  # image and chart bytes are shown and counted as files are
-            tally=self.fetcher.tally,
-            cancel=self.fetcher.cancel,
-        )
+        return registry_client(self.settings.registries, self.fetcher)
+
+
+def registry_client(registries: RegistryOptions, fetcher: Fetcher) -> RegistryClient:
+    """A client for `registries` sharing `fetcher`'s settings, events, byte tally and Ctrl-C."""
+    return RegistryClient(
+        fetcher.settings,
+        insecure=registries.insecure,
+        auth=registries.auth,
+        mirrors=registries.mirrors,
+        ca_files=registries.ca_files,
+        events=fetcher.events,  # image and chart bytes are shown and counted as files are
+        tally=fetcher.tally,
+        cancel=fetcher.cancel,
+    )
 
 
 # A producer: the context and what the producers before it made → its own entries and files.

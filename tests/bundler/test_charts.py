@@ -15,7 +15,7 @@ import tarfile
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urljoin
 
 import pytest
@@ -419,21 +419,31 @@ def registry(
     return shared_registry
 
 
-def push_blob(host: str, repository: str, data: bytes) -> Dict[str, Any]:
-    """Upload a blob monolithically (POST, then PUT with the digest); return its descriptor."""
+def push_blob(
+    host: str, repository: str, data: bytes, credentials: Optional[Tuple[str, str]] = None
+) -> Dict[str, Any]:
+    """Upload a blob monolithically (POST, then PUT with the digest); return its descriptor.
+    `credentials`: HTTP Basic, for a registry behind htpasswd."""
     digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
-    started = requests.post(f"http://{host}/v2/{repository}/blobs/uploads/", timeout=10)
+    url = f"http://{host}/v2/{repository}/blobs/uploads/"
+    started = requests.post(url, auth=credentials, timeout=10)
     started.raise_for_status()
     location = urljoin(f"http://{host}/", started.headers["Location"])
     separator = "&" if "?" in location else "?"
     headers = {"Content-Type": "application/octet-stream"}
-    done = requests.put(f"{location}{separator}digest={digest}", data, headers=headers, timeout=10)
+    target = f"{location}{separator}digest={digest}"
+    done = requests.put(target, data, headers=headers, auth=credentials, timeout=10)
     done.raise_for_status()
     return {"digest": digest, "size": len(data)}
 
 
 def push_chart(
-    host: str, name: str, version: str, layer_type: str = CHART_LAYER, media_type: bool = False
+    host: str,
+    name: str,
+    version: str,
+    layer_type: str = CHART_LAYER,
+    media_type: bool = False,
+    credentials: Optional[Tuple[str, str]] = None,
 ) -> bytes:
     """Push a chart laid out as `helm push` does (no mediaType field); return the .tgz bytes."""
     data = chart_tgz(name, version, marker="oci")
@@ -441,14 +451,14 @@ def push_chart(
     config = json.dumps({"apiVersion": "v2", "name": name, "version": version}).encode()
     manifest: Dict[str, Any] = {
         "schemaVersion": 2,
-        "config": {"mediaType": CHART_CONFIG, **push_blob(host, repository, config)},
-        "layers": [{"mediaType": layer_type, **push_blob(host, repository, data)}],
+        "config": {"mediaType": CHART_CONFIG, **push_blob(host, repository, config, credentials)},
+        "layers": [{"mediaType": layer_type, **push_blob(host, repository, data, credentials)}],
         "annotations": {"org.opencontainers.image.title": name},
     }
     if media_type:
         manifest["mediaType"] = OCI_MANIFEST
     raw = json.dumps(manifest).encode()
-    put_manifest(host, repository, version.replace("+", "_"), raw, OCI_MANIFEST)
+    put_manifest(host, repository, version.replace("+", "_"), raw, OCI_MANIFEST, credentials)
     return data
 
 

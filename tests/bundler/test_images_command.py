@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator
@@ -13,6 +14,8 @@ import pytest
 
 from k3bundle.bundler.cli import main
 from tests.bundler.charts_fixtures import chart, classic_repo
+from tests.bundler.test_charts import push_chart
+from tests.oci_registry import PASSWORD, USER, LocalRegistry
 
 
 @pytest.fixture
@@ -104,3 +107,64 @@ def test_images_of_a_missing_chart_version_names_the_versions_there(
     done = run("images", "--chart", f"{repo}/web:9.9.9", "--cache-dir", str(tmp_path / "c"))
     assert done.exit_code != 0
     assert "1.0.0" in done.output and "Traceback" not in done.output
+
+
+# --- the build's registry settings: credentials, the site config, K3BUNDLE_* -------------------
+
+
+@pytest.fixture
+def private_chart(
+    basic_registry: LocalRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """`oci://HOST/charts/private:1.0.0`, pushed to a registry behind HTTP Basic auth; HOME in
+    tmp_path, so no docker login of this machine answers for it."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    push_chart(basic_registry.host, "private", "1.0.0", credentials=(USER, PASSWORD))
+    return f"oci://{basic_registry.host}/charts/private:1.0.0"
+
+
+def test_images_reaches_a_private_chart_with_the_builds_credentials_flags(
+    private_chart: str, basic_registry: LocalRegistry, tmp_path: Path
+) -> None:
+    host = basic_registry.host
+    base = ["images", "--chart", private_chart, "--insecure-registry", host, "--no-helm"]
+    base += ["--config-file", os.devnull, "--cache-dir", str(tmp_path / "c")]
+    refused = run(*base)
+    assert refused.exit_code != 0
+    assert "Traceback" not in refused.output and PASSWORD not in refused.output
+    assert refused.output.count("Error:") == 1 and host in refused.output
+    done = run(*base, "--registry-auth", f"{host}={USER}:{PASSWORD}")
+    assert done.exit_code == 0, done.output
+    assert "(no images found)" in done.stdout and PASSWORD not in done.output
+
+
+def test_images_reads_the_site_config_as_build_does(
+    private_chart: str, basic_registry: LocalRegistry, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    cache = tmp_path / "site-cache"
+    config.write_text(
+        f"cache_dir: {cache}\n"
+        f"registries:\n  {basic_registry.host}:\n    auth: {USER}:{PASSWORD}\n    insecure: true\n"
+    )
+    done = run("images", "--chart", private_chart, "--no-helm", "--config-file", str(config))
+    assert done.exit_code == 0, done.output
+    assert (cache / "index").is_dir()  # the site config's cache, where `build` would look too
+
+
+def test_images_options_are_k3bundle_variables_too(
+    private_chart: str,
+    basic_registry: LocalRegistry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host = basic_registry.host
+    monkeypatch.setenv("K3BUNDLE_REGISTRY_AUTH", f"{host}={USER}:{PASSWORD}")
+    monkeypatch.setenv("K3BUNDLE_INSECURE_REGISTRY", host)
+    monkeypatch.setenv("K3BUNDLE_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("K3BUNDLE_CACHE_DIR", str(tmp_path / "c"))
+    done = run("images", "--chart", private_chart, "--no-helm", "--json")
+    assert done.exit_code == 0, done.output
+    assert [c["chart"] for c in json.loads(done.stdout)["charts"]] == ["private"]
