@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable, Generic, Optional, TypeVar
+from typing import Callable, Generic, Optional, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -21,6 +21,7 @@ class Background(Generic[T]):
     ) -> None:
         self.value: Optional[T] = None
         self.error: Optional[BaseException] = None
+        self._done = False
         self.thread = threading.Thread(
             target=self._run, args=(work, failed), name=name, daemon=True
         )
@@ -29,6 +30,7 @@ class Background(Generic[T]):
     def _run(self, work: Callable[[], T], failed: Callable[[BaseException], None]) -> None:
         try:
             self.value = work()
+            self._done = True
         except BaseException as exc:  # handed to whoever asks for the result
             self.error = exc
             failed(exc)
@@ -38,5 +40,6 @@ class Background(Generic[T]):
         self.thread.join()
         if self.error is not None:
             raise self.error
-        assert self.value is not None
-        return self.value
+        if not self._done:
+            raise RuntimeError(f"{self.thread.name} ended without a result")
+        return cast(T, self.value)

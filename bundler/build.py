@@ -113,9 +113,11 @@ def build(
             produced = since.apply(ctx, produced)
         return _finish(ctx, resolved, produced, zipapp)
     finally:
-        with contextlib.suppress(Exception):  # its error matters only to _finish
-            zipapp.result()  # nothing writes into `work` once it is removed
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            with contextlib.suppress(Exception):  # its error matters only to _finish
+                zipapp.result()  # nothing writes into `work` once it is removed
+        finally:  # a second Ctrl-C while waiting still removes it
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def produce(

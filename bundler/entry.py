@@ -12,8 +12,9 @@ from __future__ import annotations
 import sys
 from typing import Any, Optional, Sequence
 
+from k3bundle.installer.readahead import VERBOSE
+
 HOST_COMMANDS = ("install", "verify", "inspect", "status", "recover", "rollback", "uninstall")
-VERBOSE = ("-v", "--verbose")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Any:

@@ -49,15 +49,14 @@ _OPTIONS = (
         "--registry-mirror",
         multiple=True,
         metavar="SOURCE=MIRROR",
-        help="Pull SOURCE's images from MIRROR (HOST[:PORT][/PATH], repeatable), "
-        "e.g. docker.io=mirror.local:5000; the bundle keeps the SOURCE names.",
+        help="Reach registry SOURCE through MIRROR (HOST[:PORT][/PATH], repeatable), "
+        "e.g. docker.io=mirror.local:5000; names and the bundle keep SOURCE.",
     ),
     click.option(
         "--ca-file",
         type=click.Path(exists=True, path_type=Path),
         envvar=["K3BUNDLE_CA_FILE", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"],
-        help="CA bundle (PEM) for https: release server, chart repositories and registries "
-        "[default: certifi's].",
+        help="CA bundle (PEM) for every https download [default: certifi's].",
     ),
     click.option(
         "--config-file",

@@ -1,4 +1,5 @@
-"""The site config: what a workstation uses for every build (mirrors, registries, key, URLs).
+"""The site config: what a workstation uses for every build (mirrors, registries, key, URLs),
+and for `k3bundle images`, which reaches registries and the cache as a build does.
 
 The spec (-f) describes a bundle; this file describes the machine that builds it. It lives at
 `config.yaml` in the platform's config folder (`click.get_app_dir`): $XDG_CONFIG_HOME/k3bundle
@@ -21,7 +22,8 @@ from k3bundle.bundler.oci.credentials import Credentials, parse_registry_auth, r
 from k3bundle.bundler.oci.mirrors import check_mirrors
 from k3bundle.installer.errors import UsageError
 
-# Keys that are build options: they become the defaults of `k3bundle build`'s flags.
+# Keys that are build options: they become the defaults of `k3bundle build`'s flags (and of
+# `k3bundle images`' flags of the same names: cache_dir, ca_file).
 OPTION_KEYS: Dict[str, Tuple[type, ...]] = {
     "release_url": (str,),
     "channel_url": (str,),

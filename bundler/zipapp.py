@@ -1,16 +1,17 @@
 """Write the standalone installer: one reproducible zipapp holding only the installer package.
 
 Beside each source the zipapp carries its bytecode for the Python that runs the build (a
-hash-based .pyc that zipimport checks against the source next to it), so a host with that
-Python starts the installer without compiling it (40-70 ms of every run, measured on 3.11). A
-host with another Python finds bytecode of a foreign version, which zipimport passes over, and
-compiles the sources as before. The bytecode is compiled by a fresh interpreter with a fixed
-hash seed and nothing of the environment: the same inputs and the same Python version give the
-same zipapp, byte for byte.
+hash-based .pyc, always written with its very source), so a host with that Python starts the
+installer without compiling it (40-70 ms of every run, measured on 3.11). A host with another
+Python finds bytecode of a foreign version, which zipimport passes over, and compiles the
+sources as before. The bytecode is compiled by a fresh interpreter with a fixed hash seed and
+nothing of the environment: the same inputs and the same Python release give the same zipapp,
+byte for byte.
 """
 
 from __future__ import annotations
 
+import marshal
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Dict
 
 import k3bundle.installer
-from k3bundle.installer.errors import build_error
+from k3bundle.installer.errors import InstallError, build_error
 
 SHEBANG = b"#!/usr/bin/env python3\n"
 MAIN = (
@@ -31,28 +32,24 @@ MAIN = (
     'sys.exit(main(prog="k3bundle-install.pyz"))\n'
 )
 _EPOCH = (1980, 1, 1, 0, 0, 0)
-# Run by `python -B -s -S -c` with PATH and PYTHONHASHSEED=0 as its whole environment (not -I:
-# its -E ignores the seed, and before Python 3.11 a frozenset constant's order follows it).
-# Reads (name, source) records from stdin and writes each one's checked hash-based .pyc
-# (PEP 552: magic, flags 0b11, the source's hash, the marshalled code); every record is a 4-byte
-# little-endian length and the bytes. The name (the member's path in the zipapp) is the code's
-# file name in tracebacks.
+# Run by `python -B -s -S -c` with PYTHONHASHSEED=0 and nothing else of the environment that
+# Python reads (not -I: its -E ignores the seed, and before 3.11 a frozenset constant's order
+# follows it). Reads a marshalled list of (name, source) and writes a marshalled list of each
+# one's unchecked hash-based .pyc (PEP 552: magic, flags 0b01, the source's hash, the code).
+# Unchecked: zipimport of Python 3.8.0 and 3.8.1 raises NameError checking a checked one
+# (bpo-39033), and a .pyc in the zipapp always comes with its very source. The code's file name
+# is the member's path under "k3bundle-install.pyz/": never a file, so a traceback's lines come
+# from the zipapp, not from a like-named file in the working folder.
 _COMPILE = """
 import sys
 sys.path[:] = [entry for entry in sys.path if entry]  # nothing from the working folder
 import importlib.util, marshal
-data, at, out = sys.stdin.buffer.read(), 0, sys.stdout.buffer
-def take():
-    global at
-    size = int.from_bytes(data[at:at + 4], "little")
-    at += 4 + size
-    return data[at - size:at]
-while at < len(data):
-    name, source = take().decode("utf-8"), take()
-    code = compile(source, name, "exec", dont_inherit=True, optimize=0)
-    pyc = importlib.util.MAGIC_NUMBER + (3).to_bytes(4, "little")
-    pyc += importlib.util.source_hash(source) + marshal.dumps(code)
-    out.write(len(pyc).to_bytes(4, "little") + pyc)
+out = []
+for name, source in marshal.loads(sys.stdin.buffer.read()):
+    code = compile(source, "k3bundle-install.pyz/" + name, "exec", dont_inherit=True, optimize=0)
+    pyc = importlib.util.MAGIC_NUMBER + (1).to_bytes(4, "little")
+    out.append(pyc + importlib.util.source_hash(source) + marshal.dumps(code))
+sys.stdout.buffer.write(marshal.dumps(out))
 """
 
 
@@ -95,40 +92,37 @@ def _write(target: Path) -> Path:
 
 def compiled(sources: Dict[str, bytes]) -> Dict[str, bytes]:
     """{member name: .pyc bytes} of each {member name: source}, compiled by this Python in a
-    fresh interpreter (no site, no user or working folder, PYTHONHASHSEED=0). Empty when no
-    such interpreter runs (a frozen k3bundle has no python to start): the zipapp then carries
-    its sources only, and works as before."""
-    if not sys.executable:
+    fresh interpreter (no site, no user or working folder, PYTHONHASHSEED=0).
+
+    Empty only for a frozen k3bundle (its executable is no python): the zipapp then carries its
+    sources alone. Anywhere else a failure stops the build, naming it: a zipapp quietly without
+    its bytecode would be other bytes for the same inputs.
+    """
+    if not sys.executable or getattr(sys, "frozen", False):
         return {}
-    records = [
-        _record(part) for name, source in sources.items() for part in (name.encode(), source)
-    ]
-    env = {
-        k: v for k, v in os.environ.items() if k in ("PATH", "SYSTEMROOT")
-    }  # Windows: SYSTEMROOT
+    # PYTHONHOME: where some Pythons find their standard library; SYSTEMROOT: Windows needs it
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "SYSTEMROOT", "PYTHONHOME")}
     env["PYTHONHASHSEED"] = "0"
+    command = [sys.executable, "-B", "-s", "-S", "-c", _COMPILE]
     try:
         done = subprocess.run(
-            [sys.executable, "-B", "-s", "-S", "-c", _COMPILE],
-            input=b"".join(records),
+            command,
+            input=marshal.dumps(list(sources.items())),
             capture_output=True,
             env=env,
-            check=False,
-            timeout=120,
+            timeout=600,  # it takes about 0.1 s
         )
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    found: Dict[str, bytes] = {}
-    data, at = done.stdout, 0
-    for name in sources:
-        size = int.from_bytes(data[at : at + 4], "little")
-        found[name], at = data[at + 4 : at + 4 + size], at + 4 + size
-    whole = done.returncode == 0 and at == len(data) and all(found.values())
-    return found if whole else {}
-
-
-def _record(data: bytes) -> bytes:
-    return len(data).to_bytes(4, "little") + data
+        pycs = marshal.loads(done.stdout) if done.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError, EOFError, TypeError) as exc:
+        done, pycs = None, exc
+    if not isinstance(pycs, list) or len(pycs) != len(sources):
+        why = done.stderr.decode(errors="replace").strip().splitlines() if done else [str(pycs)]
+        raise InstallError(
+            f"cannot compile the installer's bytecode with {sys.executable}: "
+            f"{why[-1] if why else 'no output'}",
+            "Check that this Python runs (python -B -s -S -c pass), then build again.",
+        )
+    return dict(zip(sources, pycs))
 
 
 def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:

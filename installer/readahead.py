@@ -16,14 +16,19 @@ as it always does. Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
-from typing import List, Optional, Sequence
+
+TYPE_CHECKING = False  # typing is not imported at run time: this module runs before all else
+if TYPE_CHECKING:
+    from typing import List, Optional, Sequence
 
 AHEAD = 64 << 20  # more than a stick reads while Python starts
 STEP = 2 << 20
 COMMANDS = ("install", "verify")  # the ones that read a whole bundle (inspect: its manifest)
+VERBOSE = ("-v", "--verbose")  # the one global option, allowed before the command
 _PROBE = 4096
 
 
@@ -32,39 +37,43 @@ def start(argv: Sequence[str]) -> Optional[threading.Thread]:
     None when there is nothing to read ahead)."""
     if not hasattr(os, "pread"):  # Windows
         return None
-    words = [w for w in argv if w not in ("-v", "--verbose")]
+    words = [w for w in argv if w not in VERBOSE]
     if not words or words[0] not in COMMANDS:
         return None
     names = [w for w in words[1:] if not w.startswith("-")]
     if not names:
         return None
     thread = threading.Thread(target=advise, args=(names,), name="k3bundle-readahead", daemon=True)
-    thread.start()
+    try:
+        thread.start()
+    except RuntimeError:  # no thread to be had (a pids limit): the command reads as always
+        return None
     return thread
 
 
 def advise(names: List[str]) -> None:
     """Bring the first AHEAD bytes of every regular file among `names` into the page cache."""
     for name in names:
-        try:
-            if not stat.S_ISREG(os.stat(name).st_mode):  # never open a device, FIFO or folder
-                continue
-            # O_NONBLOCK: swapped for a FIFO since, it still must not hang this thread
-            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        except (OSError, ValueError):
-            continue
-        try:
-            info = os.fstat(fd)
-            if stat.S_ISREG(info.st_mode):
-                end = min(info.st_size, AHEAD)
-                for offset in range(0, end, STEP):
-                    # the step's last page: the kernel's own read-ahead may hold its first ones
-                    if not _cached(fd, max(offset, min(offset + STEP, end) - _PROBE)):
-                        os.pread(fd, STEP, offset)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        # gone, unreadable, a bad name, anything: the command reads it and says so, not this
+        with contextlib.suppress(Exception):
+            _read_ahead(name)
+
+
+def _read_ahead(name: str) -> None:
+    if not stat.S_ISREG(os.stat(name).st_mode):  # never open a device, FIFO or folder
+        return
+    # O_NONBLOCK: swapped for a FIFO since, it still must not hang this thread
+    fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode):
+            end = min(info.st_size, AHEAD)
+            for offset in range(0, end, STEP):
+                # the step's last page: the kernel's own read-ahead may hold its first ones
+                if not _cached(fd, max(offset, min(offset + STEP, end) - _PROBE)):
+                    os.pread(fd, STEP, offset)
+    finally:
+        os.close(fd)
 
 
 def _cached(fd: int, offset: int) -> bool:

@@ -18,6 +18,14 @@ from tests.bundler.test_charts import push_chart
 from tests.oci_registry import PASSWORD, USER, LocalRegistry
 
 
+@pytest.fixture(autouse=True)
+def own_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No site config of this machine's user, no K3BUNDLE_* variable of the shell running us."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    for name in [n for n in os.environ if n.startswith("K3BUNDLE_")]:
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Iterator[str]:
     """A classic chart repository holding chart `web` 1.0.0 (an annotation, values images and

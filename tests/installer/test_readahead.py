@@ -4,15 +4,15 @@ reading it from its medium while Python imports the installer. Measured with uti
 
 from __future__ import annotations
 
-import errno
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
 import pytest
 
@@ -41,8 +41,21 @@ def evicted(path: Path) -> Path:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
-    assert resident(path) == 0, f"the page cache kept {path}: cannot measure read-ahead here"
+    if resident(path) != 0:  # tmpfs, for one, keeps every page
+        pytest.skip(f"the page cache keeps {path} whatever is asked: read-ahead cannot be seen")
     return path
+
+
+def nowait_reads(path: Path) -> bool:
+    """Whether RWF_NOWAIT reads work on `path`'s filesystem (readahead's cache probe)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.pread(fd, 4096, 0)
+        return os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT) > 0
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def settled(path: Path, at_least: int, seconds: float = 5.0) -> int:
@@ -88,17 +101,25 @@ def test_only_the_commands_that_read_a_bundle_read_ahead(tmp_path: Path) -> None
         thread.join(5)
 
 
-def test_a_fifo_a_device_a_folder_or_a_missing_path_is_passed_over(tmp_path: Path) -> None:
+def test_a_fifo_a_device_a_folder_or_a_missing_path_is_passed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
+    opened: List[str] = []
+    real_open = os.open
+
+    def recording_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", recording_open)
     names = [str(fifo), "/dev/null", str(tmp_path), str(tmp_path / "missing"), "\0bad"]
     worker = threading.Thread(target=readahead.advise, args=(names,), daemon=True)
     worker.start()
     worker.join(5)
     assert not worker.is_alive(), "advise hung on a name"
-    with pytest.raises(OSError) as raised:  # no reader holds the FIFO open: it was never opened
-        os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-    assert raised.value.errno == errno.ENXIO
+    assert opened == []  # none of them was ever opened
 
 
 @pytest.fixture(scope="module")
@@ -112,14 +133,18 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def step_reads(command: List[str], bundle: Path, tmp_path: Path, evict: bool = True) -> int:
     """How many STEP-sized reads from offset 0 `command` made (strace) with `bundle` out of the
     page cache: the read-ahead's first step. The installer's own reads are 1 MiB at most."""
-    log = tmp_path / "strace.log"
+    logs = tmp_path / "strace"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir()
     if evict:
         evicted(bundle)
-    argv = ["strace", "-f", "-qq", "-e", "trace=pread64", "-o", str(log), *command]
+    # -ff: a log per thread, so no call is split by another thread's into unfinished/resumed
+    argv = ["strace", "-ff", "-qq", "-e", "trace=pread64", "-o", str(logs / "log"), *command]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert str(bundle) in command
-    return len(re.findall(rf"pread64\(\d+, .*, {readahead.STEP}, 0\)", log.read_text()))
+    text = "".join(log.read_text() for log in logs.iterdir())
+    return len(re.findall(rf"pread64\(\d+, .*, {readahead.STEP}, 0\)", text))
 
 
 def test_verify_and_install_read_ahead_from_the_command_line_and_the_zipapp(
@@ -134,7 +159,7 @@ def test_verify_and_install_read_ahead_from_the_command_line_and_the_zipapp(
     assert step_reads([*cli, *verify], bundle, tmp_path) == 1
     assert step_reads([*zipapp, *verify], bundle, tmp_path) == 1
     assert step_reads([*cli, *install], bundle, tmp_path) == 1
-    # all of it is in the page cache now: no step is read again
-    assert step_reads([*cli, *verify], bundle, tmp_path, evict=False) == 0
+    if nowait_reads(bundle):  # all of it is in the page cache now: no step is read again
+        assert step_reads([*cli, *verify], bundle, tmp_path, evict=False) == 0
     # inspect reads the manifest alone: nothing ahead
     assert step_reads([*cli, "inspect", str(bundle)], bundle, tmp_path) == 0
