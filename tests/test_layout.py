@@ -1,6 +1,7 @@
 """The layout shows the architecture: the bundler reaches the bundle format only through
 `k3bundle.installer.format`'s declared public names, and the installer half only through the
-modules both halves share (errors, progress and the installer's own command line)."""
+modules both halves share (errors, progress, the installer's own command line and the read-ahead
+its entry points start)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ SHARED = {
     "k3bundle.installer.progress",
     "k3bundle.installer.cli",
     "k3bundle.installer.cli_parser",
+    "k3bundle.installer.readahead",  # both entry points start it before the installer's imports
 }
 FORMAT = "k3bundle.installer.format"
 
