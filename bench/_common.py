@@ -234,6 +234,38 @@ def check_disk(base: Path, need: int, why: str) -> None:
         )
 
 
+def bench_parser(
+    doc: Optional[str],
+    epilog: Optional[str] = None,
+    sizes: Optional[str] = None,
+    what: str = "sizes",
+) -> argparse.ArgumentParser:
+    """A benchmark's command line: described by its module's first docstring line, with
+    --sizes (comma-separated, default `sizes`) when it takes them."""
+    parser = argparse.ArgumentParser(
+        description=doc.splitlines()[0] if doc else None, epilog=epilog
+    )
+    if sizes is not None:
+        parser.add_argument(
+            "--sizes",
+            default=parse_sizes(sizes),
+            type=parse_sizes,
+            help=f"comma-separated {what} (default: {sizes})",
+        )
+    return parser
+
+
+def parse_common(
+    parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], runs: int = 3
+) -> argparse.Namespace:
+    """Add --runs, --workdir and --strict to `parser` and parse `argv` (at least one run)."""
+    add_common(parser, runs)
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    return args
+
+
 def add_common(parser: argparse.ArgumentParser, runs: int = 3) -> None:
     """The options every benchmark takes: --runs, --workdir, --strict."""
     parser.add_argument(

@@ -51,7 +51,7 @@ from bench._common import (  # noqa: E402
     Sample,
     Samples,
     Server,
-    add_common,
+    bench_parser,
     build_argv,
     bundle_path,
     check_disk,
@@ -60,7 +60,7 @@ from bench._common import (  # noqa: E402
     launcher_floor,
     load_note,
     log,
-    parse_sizes,
+    parse_common,
     precompile,
     release_shape,
     run_child,
@@ -319,27 +319,15 @@ def report(rows: Sequence[Row], floors: Dict[int, Floor], runs: int, rss_floor: 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0] if __doc__ else None,
-        epilog="100M at 1G of files takes 90 s a run: e.g. --sizes 256M,1G --rates 1G,unlimited.",
-    )
-    parser.add_argument(
-        "--sizes",
-        default=parse_sizes("256M"),
-        type=parse_sizes,
-        help="comma-separated release sizes (default: 256M)",
-    )
+    epilog = "100M at 1G of files takes 90 s a run: e.g. --sizes 256M,1G --rates 1G,unlimited."
+    parser = bench_parser(__doc__, epilog, "256M", "release sizes")
     parser.add_argument(
         "--rates",
         default="1G,100M,unlimited",
         type=lambda text: [parse_rate(p) for p in text.split(",") if p.strip()],
         help="shared link rates in bit/s: 1G, 100M, unlimited (default: 1G,100M,unlimited)",
     )
-    add_common(parser)
-    args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
-    return args
+    return parse_common(parser, argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

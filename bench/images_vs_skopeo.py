@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.install_vs_tar import Sample, human, parse_common, parse_size, run_child  # noqa: E402
+from bench._common import bench_parser, parse_common  # noqa: E402
+from bench.install_vs_tar import Sample, human, parse_size, run_child  # noqa: E402
 from k3bundle.installer.format.verify import inspect_bundle  # noqa: E402
 from tests.oci_registry import OCI_MANIFEST, LocalRegistry, push  # noqa: E402
 from tests.release_server import ReleaseServer, generate_release  # noqa: E402
@@ -284,7 +285,7 @@ def check_tools() -> None:
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument(
         "--size", default="512M", type=parse_size, help="images in all, shared layers counted once "
         "per image (default: 512M)",

@@ -43,13 +43,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# Sample, human, parse_common, parse_size and run_child stay importable from here
+# Sample, human, parse_size and run_child stay importable from here
 # (bench/images_vs_skopeo.py uses them).
 from bench._common import (  # noqa: E402
     MIB,
     Sample,
     Samples,
-    add_common,
+    bench_parser,
     build_argv,
     bundle_files,
     bundle_path,
@@ -61,8 +61,8 @@ from bench._common import (  # noqa: E402
     launcher_floor,
     load_note,
     log,
+    parse_common,
     parse_size,
-    parse_sizes,
     precompile,
     release_shape,
     run_child,
@@ -76,24 +76,13 @@ from bench._common import (  # noqa: E402
     write_release,
 )
 
-__all__ = ["Sample", "human", "main", "parse_common", "parse_size", "run_child"]
+__all__ = ["Sample", "human", "main", "parse_size", "run_child"]
 
 WARM_GOAL = 1.3
 COLD_GOAL = 1.05
 MAX_RSS_MIB = 64.0
 TIMED = ("tar", "install", "zipapp")
 INFO = ("verify", "sha256")
-
-
-def parse_common(
-    parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]
-) -> argparse.Namespace:
-    """Add --runs, --workdir, --strict and parse (kept for bench/images_vs_skopeo.py)."""
-    add_common(parser)
-    args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
-    return args
 
 
 @dataclass(frozen=True)
@@ -278,16 +267,8 @@ def report(rows: Sequence[Row], runs: int, floor: float, note: str) -> bool:
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0] if __doc__ else None,
-        epilog="Sizes 8G and up take minutes each: e.g. --sizes 256M,1G,8G.",
-    )
-    parser.add_argument(
-        "--sizes",
-        default=parse_sizes("256M,1G"),
-        type=parse_sizes,
-        help="comma-separated bundle sizes (default: 256M,1G)",
-    )
+    epilog = "Sizes 8G and up take minutes each: e.g. --sizes 256M,1G,8G."
+    parser = bench_parser(__doc__, epilog, "256M,1G", "bundle sizes")
     parser.add_argument(
         "--caches",
         default="warm,medium,cold",
@@ -306,8 +287,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         help="what to time besides tar (always): install, zipapp, verify, sha256 "
         "(default: all; zipapp and sha256 run with a warm cache only)",
     )
-    add_common(parser)
-    args = parser.parse_args(argv)
+    args = parse_common(parser, argv)
     args.caches = [c for c in args.caches.split(",") if c]
     args.variants = {"tar", *(v for v in args.variants.split(",") if v)}
     if args.variants - {*TIMED, *INFO}:
@@ -317,8 +297,6 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         parser.error("--caches takes warm, medium and/or cold")
     if set(args.layouts) - {"single", "split"} or not args.layouts:
         parser.error("--layouts takes single and/or split")
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
     return args
 
 

@@ -39,7 +39,7 @@ if str(REPO) not in sys.path:
 from bench._common import (  # noqa: E402
     GIB,
     Samples,
-    add_common,
+    bench_parser,
     build_argv,
     bundle_files,
     bundle_path,
@@ -51,7 +51,7 @@ from bench._common import (  # noqa: E402
     launcher_floor,
     load_note,
     log,
-    parse_sizes,
+    parse_common,
     precompile,
     release_shape,
     run_child,
@@ -175,21 +175,8 @@ def report(rows: Sequence[Row], runs: int, floor: float, note: str) -> bool:
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0] if __doc__ else None,
-        epilog="The issue's range: --sizes 256M,1G,4G,16G (16G needs ~50 GiB free, ~6 min).",
-    )
-    parser.add_argument(
-        "--sizes",
-        default=parse_sizes("256M,1G"),
-        type=parse_sizes,
-        help="comma-separated sizes, smallest first (default: 256M,1G)",
-    )
-    add_common(parser)
-    args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
-    return args
+    epilog = "The issue's range: --sizes 256M,1G,4G,16G (16G needs ~50 GiB free, ~6 min)."
+    return parse_common(bench_parser(__doc__, epilog, "256M,1G", "sizes, smallest first"), argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

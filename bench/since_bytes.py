@@ -25,11 +25,12 @@ from bench._common import (  # noqa: E402
     KIB,
     MIB,
     VERSION,
-    add_common,
+    bench_parser,
     bundle_path,
     k3bundle,
     keygen,
     load_note,
+    parse_common,
     parse_size,
     precompile,
     release_shape,
@@ -125,7 +126,7 @@ def measure(args: argparse.Namespace, work: Path) -> Tuple[int, List[Tuple[str, 
 
 def main() -> int:
     """Build full, change one image, build --since, print the bytes, check the goals."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument(
         "--size",
         type=parse_size,
@@ -139,8 +140,7 @@ def main() -> int:
         default=image_size("4M"),
         help="bytes of each image's one layer (default 4M)",
     )
-    add_common(parser, runs=1)
-    args = parser.parse_args()
+    args = parse_common(parser, None, runs=1)
     precompile()
     with workdir(args.workdir, "since-") as work:
         changed, checks = measure(args, work)
