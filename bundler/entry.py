@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Optional, Sequence
 
-from k3bundle.installer.readahead import VERBOSE
+from k3bundle.installer import readahead
 
 HOST_COMMANDS = ("install", "verify", "inspect", "status", "recover", "rollback", "uninstall")
 
@@ -21,8 +21,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Any:
     """Run `k3bundle ARGS`."""
     args = list(sys.argv[1:] if argv is None else argv)
     if _is_host_command(args):
-        from k3bundle.installer import readahead
-
         readahead.start(args)  # the stick reads while the installer is imported
         from k3bundle.installer import cli as installer_cli
 
@@ -35,7 +33,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Any:
 def _is_host_command(args: Sequence[str]) -> bool:
     """True when the first word after any -v/--verbose is a host command."""
     for arg in args:
-        if arg not in VERBOSE:
+        if arg not in readahead.VERBOSE:
             return arg in HOST_COMMANDS
     return False
 

@@ -113,16 +113,16 @@ def compiled(sources: Dict[str, bytes]) -> Dict[str, bytes]:
             timeout=600,  # it takes about 0.1 s
         )
         pycs = marshal.loads(done.stdout) if done.returncode == 0 else None
+        failure = done.stderr.decode(errors="replace")
     except (OSError, subprocess.SubprocessError, ValueError, EOFError, TypeError) as exc:
-        done, pycs = None, exc
-    if not isinstance(pycs, list) or len(pycs) != len(sources):
-        why = done.stderr.decode(errors="replace").strip().splitlines() if done else [str(pycs)]
-        raise InstallError(
-            f"cannot compile the installer's bytecode with {sys.executable}: "
-            f"{why[-1] if why else 'no output'}",
-            "Check that this Python runs (python -B -s -S -c pass), then build again.",
-        )
-    return dict(zip(sources, pycs))
+        pycs, failure = None, str(exc)
+    if isinstance(pycs, list) and len(pycs) == len(sources):
+        return dict(zip(sources, pycs))
+    last = (failure.strip().splitlines() or ["no output"])[-1]
+    raise InstallError(
+        f"cannot compile the installer's bytecode with {sys.executable}: {last}",
+        "Check that this Python runs (python -B -s -S -c pass), then build again.",
+    )
 
 
 def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:

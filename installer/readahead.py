@@ -30,6 +30,8 @@ STEP = 2 << 20
 COMMANDS = ("install", "verify")  # the ones that read a whole bundle (inspect: its manifest)
 VERBOSE = ("-v", "--verbose")  # the one global option, allowed before the command
 _PROBE = 4096
+# preadv2's flag that reads only what the page cache holds (Linux); None where there is none
+_NOWAIT = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "preadv") else None
 
 
 def start(argv: Sequence[str]) -> Optional[threading.Thread]:
@@ -79,10 +81,9 @@ def _read_ahead(name: str) -> None:
 def _cached(fd: int, offset: int) -> bool:
     """True when the page at `offset` is in the page cache (Linux's RWF_NOWAIT); False when it
     is not, or when nothing can tell."""
-    nowait = getattr(os, "RWF_NOWAIT", None)
-    if nowait is None or not hasattr(os, "preadv"):
+    if _NOWAIT is None:
         return False
     try:
-        return os.preadv(fd, [bytearray(_PROBE)], offset, nowait) > 0
+        return os.preadv(fd, [bytearray(_PROBE)], offset, _NOWAIT) > 0
     except OSError:  # EAGAIN: not cached; EOPNOTSUPP: a filesystem that cannot say
         return False
